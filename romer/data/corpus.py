@@ -7,6 +7,8 @@ import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
+from romer.errors import UserError
+
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 SPLITS = ("train", "validation", "test")
 DOCUMENT_SEPARATOR = "\n\n"
@@ -21,7 +23,7 @@ class Document:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def load_documents(split: str, source: str | None = None) -> list[Document]:
@@ -32,7 +34,7 @@ def load_documents(split: str, source: str | None = None) -> list[Document]:
     if source is not None:
         docs = [d for d in docs if d.source == source]
         if not docs:
-            raise ValueError(f"split {split!r} has no documents from source {source!r}")
+            raise UserError(f"split {split!r} has no documents from source {source!r}")
     return docs
 
 

@@ -1,0 +1,1 @@
+"""Experiments: the jobs behind `romer run` and their records."""
