@@ -17,7 +17,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="MoE LLMs on 
 zoo_app = typer.Typer(no_args_is_help=True, help="The bundled reference MoE models.")
 app.add_typer(zoo_app, name="zoo")
 console = Console()
-err_console = Console(stderr=True)
 
 
 def user_errors(command):
@@ -30,7 +29,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (UserError, UnsupportedModelError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -1,0 +1,91 @@
+"""The command line and safe loading: results on a local HF folder, one-line errors for user mistakes."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from romer.cli import app
+from romer.data import load_tokenizer
+from romer.models import ModelNotFoundError, load_model, resolve_model_dir
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny OLMoE checkpoint with the shipped tokenizer, saved as a real HF folder (safetensors)."""
+    path = tmp_path_factory.mktemp("tiny-olmoe")
+    config = AutoConfig.for_model("olmoe", vocab_size=8192, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=8,
+                                  num_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
+                                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_load_model_from_folder_is_eval_mode(folder):
+    model, tokenizer = load_model(folder)
+    assert not model.training and tokenizer.eos_token_id == 0
+    assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "neither a zoo model"),
+    (lambda p: p, "no config.json"),
+])
+def test_bad_model_paths_are_user_errors(tmp_path, make, message):
+    with pytest.raises(ModelNotFoundError, match=message):
+        resolve_model_dir(make(tmp_path))
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(ModelNotFoundError, match="never loads pickled"):
+        resolve_model_dir(tmp_path)
+
+
+def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
+    out = tmp_path / "result.json"
+    result = runner.invoke(app, ["eval", "--model", str(folder), "--split", "validation", "--window", "128",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"model", "split", "window", "tokens", "ppl", "word_ppl", "bits_per_byte"}
+    assert payload["split"] == "validation" and payload["window"] == 128
+    assert payload["tokens"] == 96194  # every validation token scored once
+    assert 1000 < payload["ppl"] < 100_000  # an untrained model is near uniform over 8192 tokens
+    assert payload["word_ppl"] > payload["ppl"]  # a word spans more than one token
+
+
+def test_run_reports_perplexity_and_usage(folder, tmp_path):
+    out = tmp_path / "run.json"
+    result = runner.invoke(app, ["run", "--model", str(folder), "--split", "validation", "--window", "256",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(out.read_text())
+    assert report["experts"] == 8 and report["top_k"] == 2 and len(report["usage"]) == 2
+    assert report["parameters"]["active"] < report["parameters"]["total"]
+    assert "CV of f" in result.output and "cold experts" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--model", "no-such-model"], "neither a zoo model"),
+    (["eval", "--model", "{folder}", "--split", "dev"], "unknown split 'dev'"),
+    (["eval", "--model", "{folder}", "--window", "1"], "--window must be at least 2"),
+    (["zoo", "train", "gpt-5"], "unknown zoo model 'gpt-5'"),
+])
+def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, message):
+    out = tmp_path / "never.json"
+    args = [a.replace("{folder}", str(folder)) for a in args]
+    result = runner.invoke(app, args + (["--json", str(out)] if args[0] == "eval" else []))
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
