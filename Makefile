@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv
+.PHONY: demo test bench install clean-venv zoo-cards
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,10 @@ bench: $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+ZOO := olmoe-tiny qwenmoe-tiny deepseekmoe-tiny
+
+# Re-measure the zoo models' cards (test PPL, unigram baseline, expert usage) and README's table.
+zoo-cards: $(VENV)/.installed
+	for m in $(ZOO); do $(VENV)/bin/romer zoo card $$m || exit 1; done
+	$(PY) scripts/update_readme_zoo.py

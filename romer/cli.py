@@ -16,6 +16,8 @@ from romer.errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MoE LLMs on simulated analog CIM hardware.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The bundled reference MoE models.")
 app.add_typer(zoo_app, name="zoo")
+noise_app = typer.Typer(no_args_is_help=True, help="Analog device noise presets.")
+app.add_typer(noise_app, name="noise")
 console = Console()
 
 
@@ -50,6 +52,16 @@ def _usage_table(title: str, usage: list[dict]) -> Table:
     return table
 
 
+def _preset_overrides(settings: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE (a preset constant), got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
 @app.command("eval")
 @user_errors
 def eval_command(
@@ -57,30 +69,61 @@ def eval_command(
     split: str = typer.Option("test", help="Corpus split: train, validation or test."),
     window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
+    preset: Optional[str] = typer.Option(None, help="Noise preset (pcm, hermes, reram, gaussian, gaussian-mult); "
+                                                     "without it the clean model is evaluated."),
+    chips: int = typer.Option(5, help="Number of simulated chips (seeds SEED … SEED+CHIPS−1)."),
+    seed: int = typer.Option(0, help="Seed of the first chip."),
+    t: float = typer.Option(86400.0, "--t", help="Inference time, seconds after programming."),
+    placement: str = typer.Option("moe", help="Analog placement: moe, all, or a comma list of groups."),
+    mapping: str = typer.Option("expert", help="Mapping group: expert, channel, tile or tensor."),
+    settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE, e.g. prog_noise_scale=3."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
 ):
-    """Clean perplexity of a model on a corpus split (token PPL, word PPL, bits per byte)."""
+    """Perplexity on a corpus split (token PPL, word PPL, bits per byte), clean or over simulated chips."""
     from romer.data import load_text
     from romer.eval import perplexity
     from romer.models import load_model
 
     _check_window(window)
     text = load_text(split)
+    chip = None
+    if preset is not None:
+        from romer.noise.chip import Chip
+
+        if chips < 1:
+            raise UserError(f"--chips must be at least 1, got {chips}")
+        chip = Chip.from_options(preset, placement=placement, mapping=mapping, seed=seed, t_inference=t,
+                                 **_preset_overrides(settings))
+    elif settings:
+        raise UserError("--set needs --preset")
     lm, tokenizer = load_model(model)
-    result = perplexity(lm, tokenizer, text, window=window, batch_size=batch_size, progress=True,
-                        description=f"{model} · {split}")
-    table = Table(title=f"{model} on {split}")
-    for column in ("tokens", "window", "PPL", "word PPL", "bits/byte"):
-        table.add_column(column, justify="right")
-    table.add_row(str(result.tokens), str(window), f"{result.ppl:.3f}", f"{result.word_ppl:.3f}",
-                  f"{result.bits_per_byte:.4f}")
+    payload = {"model": model, "split": split, "window": window}
+    table = Table(title=f"{model} on {split}" + (f", {preset} chips at t = {t:g} s" if chip else ", clean"))
+    if chip is None:
+        result = perplexity(lm, tokenizer, text, window=window, batch_size=batch_size, progress=True,
+                            description=f"{model} · {split}")
+        payload.update(tokens=result.tokens, ppl=result.ppl, word_ppl=result.word_ppl,
+                       bits_per_byte=result.bits_per_byte)
+        for column in ("tokens", "window", "PPL", "word PPL", "bits/byte"):
+            table.add_column(column, justify="right")
+        table.add_row(str(result.tokens), str(window), f"{result.ppl:.3f}", f"{result.word_ppl:.3f}",
+                      f"{result.bits_per_byte:.4f}")
+    else:
+        from romer.experiment.noisy import noisy_perplexity
+
+        noisy = noisy_perplexity(lm, tokenizer, text, chip, chips, window=window, batch_size=batch_size,
+                                 progress=True)
+        payload.update(noisy, ppl=noisy["ppl_mean"])
+        for column in ("tokens", "placement", "chips", "PPL mean ± std", "per chip"):
+            table.add_column(column, justify="right")
+        table.add_row(str(noisy["tokens"]), chip.placement_name(), str(chips),
+                      f"{noisy['ppl_mean']:.3f} ± {noisy['ppl_std']:.3f}",
+                      " ".join(f"{p:.2f}" for p in noisy["ppl_per_chip"]))
     console.print(table)
     if json_path is not None:
         from romer.io import write_json_atomic
 
-        write_json_atomic(json_path, {"model": model, "split": split, "window": window, "tokens": result.tokens,
-                                      "ppl": result.ppl, "word_ppl": result.word_ppl,
-                                      "bits_per_byte": result.bits_per_byte})
+        write_json_atomic(json_path, payload)
 
 
 @app.command("run")
@@ -174,6 +217,51 @@ def zoo_card(
     path = write_json_atomic(resolve_model_dir(name) / "card.json", card)
     console.print(f"{name}: test PPL {card['ppl']:.2f} (unigram {card['unigram_ppl']:.1f}) → {path}")
     console.print(_usage_table(f"{name}: expert usage per MoE layer", card["usage"]))
+
+
+@noise_app.command("show")
+@user_errors
+def noise_show(
+    preset: str = typer.Argument(..., help="pcm, hermes, reram, gaussian or gaussian-mult."),
+    settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE."),
+):
+    """A preset's constants and the spread of the read-back conductance σ(ĝ) at a few times."""
+    from romer.noise import get_preset
+
+    chosen = get_preset(preset, **_preset_overrides(settings))
+    constants = Table(title=f"preset {chosen.name}")
+    constants.add_column("constant")
+    constants.add_column("value")
+    for key, value in chosen.describe():
+        constants.add_row(key, value)
+    console.print(constants)
+    times = [t for t in (0.0, 1.0, 3600.0, 86400.0, 3.15e7) if t <= chosen.max_t_inference]
+    g_values = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
+    sigma = Table(title="std of read-back ĝ = g/g_max (mean in brackets), no drift compensation")
+    sigma.add_column("ĝ_T", justify="right")
+    for t in times:
+        sigma.add_column(f"t = {t:g} s", justify="right")
+    rows = chosen.sigma_table(g_values, times)
+    for g in g_values:
+        cells = [f"{r.std:.4f} ({r.mean:.3f})" for r in rows if r.g_target == g]
+        sigma.add_row(f"{g:g}", *cells)
+    console.print(sigma)
+
+
+@noise_app.command("plot")
+@user_errors
+def noise_plot(
+    preset: str = typer.Argument(..., help="pcm, hermes, reram, gaussian or gaussian-mult."),
+    out: Optional[Path] = typer.Option(None, help="PNG path (default PRESET_noise.png)."),
+    settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE."),
+):
+    """Write a PNG: programming / total noise vs conductance, and drift vs time."""
+    from romer.noise import get_preset
+    from romer.noise.plot import plot_preset
+
+    chosen = get_preset(preset, **_preset_overrides(settings))
+    path = plot_preset(chosen, out or Path(f"{chosen.name}_noise.png"))
+    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,9 @@ def _save(model, tokenizer, recipe_path, log: dict, out_dir: Path) -> None:
         shutil.copyfile(recipe_path, tmp / "train.yaml")
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         _plot_loss(log, tmp / "loss_curve.png")
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -1,0 +1,71 @@
+"""Render README's "Reference models" section from the zoo's card.json and training_log.json files.
+
+Regenerate the cards first (`romer zoo card NAME` for each model; `make zoo-cards` does both steps).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from romer.io import write_text_atomic
+from romer.models.loading import ZOO_DIR, zoo_names
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
+MIRRORS = {
+    "olmoe-tiny": "OLMoE-1B-7B: 64 experts, top-8, no shared expert",
+    "qwenmoe-tiny": "Qwen1.5-MoE-A2.7B: 60 experts, top-4, 1 sigmoid-gated shared expert",
+    "deepseekmoe-tiny": "deepseek-moe-16b: 64 experts, top-6, 2 shared experts, first layer dense",
+}
+
+
+def section() -> str:
+    cards = {n: json.loads((ZOO_DIR / n / "card.json").read_text()) for n in zoo_names()}
+    logs = {n: json.loads((ZOO_DIR / n / "training_log.json").read_text()) for n in zoo_names()}
+    out = [
+        "## Reference models",
+        "Three small MoE models, each a real transformers class, trained by `romer zoo train NAME` from the",
+        "recipe in `romer/models/zoo/NAME/train.yaml` (seed 0, AdamW, cosine schedule, bf16 autocast, a",
+        "load-balancing loss **per MoE layer** plus router z-loss) on the train split, shipped as fp16 safetensors",
+        "HF folders that `AutoModelForCausalLM.from_pretrained(folder)` loads. Test-split numbers: window 512, fp32;",
+        "the unigram baseline is an add-one unigram model fitted on the train split, on the same test tokens.",
+        "Regenerate the numbers: `make zoo-cards` (runs `romer zoo card NAME` for each model, then this table).",
+        "",
+        "| model | class | mirrors | params total / active | experts / top-k / shared | training tokens / time "
+        "| val PPL | **test PPL** | unigram PPL | word PPL | bits/byte |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in cards.items():
+        log = logs[name]
+        p = c["parameters"]
+        out.append(
+            f"| `{name}` | `{c['class']}` | {MIRRORS.get(name, '')} | {p['total'] / 1e6:.1f}M / {p['active'] / 1e6:.1f}M "
+            f"| {c['experts']} / {c['top_k']} / {c['shared_experts']} "
+            f"| {log['train_tokens'] / 1e6:.2f}M / {log['train_seconds'] / 60:.0f} min "
+            f"| {log['validation'][-1]['ppl']:.1f} | **{c['ppl']:.2f}** | {c['unigram_ppl']:.0f} "
+            f"| {c['word_ppl']:.1f} | {c['bits_per_byte']:.3f} |"
+        )
+    out += ["", "Clean expert usage on the test split, per MoE layer (f = share of tokens whose top-k holds the expert;",
+            "uniform f = k/E; cold = experts with f < 0.1·k/E):", "",
+            "| model | layer | CV of f | min f | max f | uniform f | cold experts |", "|---|---|---|---|---|---|---|"]
+    for name, c in cards.items():
+        for u in c["usage"]:
+            out.append(f"| `{name}` | {u['layer']} | {u['cv']:.3f} | {u['f_min']:.4f} | {u['f_max']:.4f} "
+                       f"| {u['f_uniform']:.4f} | {u['cold_experts']} |")
+    out += ["", "Training curves: `romer/models/zoo/NAME/loss_curve.png`; per-step logs: `training_log.json`."]
+    return "\n".join(out)
+
+
+def main() -> int:
+    readme = README.read_text()
+    head, rest = readme.split(BEGIN)
+    _, tail = rest.split(END)
+    write_text_atomic(README, f"{head}{BEGIN}\n{section()}\n{END}{tail}")
+    print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
