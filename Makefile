@@ -18,8 +18,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
+# aihwkit 1.1.0 is the last release with a Python 3.11 wheel; --no-deps keeps its torchvision pin from pulling a
+# CUDA torch. It is needed by the benchmarks only, never at run time.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps aihwkit==1.1.0
+	$(PY) -m pip install --quiet --disable-pip-version-check scipy scikit-learn protobuf tqdm requests
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/forward_throughput.py --update-readme
+	$(PY) benchmarks/program_speed.py --update-readme
 
 clean-venv:
 	rm -rf $(VENV)

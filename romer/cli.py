@@ -264,5 +264,27 @@ def noise_plot(
     console.print(f"wrote {path}")
 
 
+@noise_app.command("sensitivity")
+@user_errors
+def noise_sensitivity(
+    models: Optional[list[str]] = typer.Option(None, "--model", help="Models (default: the whole zoo)."),
+    chips: int = typer.Option(3, help="Chips per setting (seeds 0 … CHIPS−1)."),
+    max_chars: int = typer.Option(80_000, help="Characters of the validation split to evaluate."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON here."),
+):
+    """Validation PPL under PCM at 1 s … 1 year (placements moe and all) and the gaussian η that doubles PPL."""
+    from romer.experiment.sensitivity import markdown, sensitivity
+    from romer.models import zoo_names
+
+    if chips < 1:
+        raise UserError(f"--chips must be at least 1, got {chips}")
+    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=True) for name in models or zoo_names()]
+    console.print(markdown(results), highlight=False)
+    if json_path is not None:
+        from romer.io import write_json_atomic
+
+        write_json_atomic(json_path, results)
+
+
 if __name__ == "__main__":
     app()

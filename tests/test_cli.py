@@ -89,3 +89,38 @@ def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, messag
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_noisy_eval_reports_mean_and_std_over_chips(folder, tmp_path):
+    out = tmp_path / "noisy.json"
+    args = ["eval", "--model", str(folder), "--split", "validation", "--window", "512", "--preset", "gaussian",
+            "--set", "eta=0.5", "--chips", "2", "--placement", "all", "--json", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert {"preset", "chips", "ppl_per_chip", "ppl_mean", "ppl_std"} <= set(payload)
+    assert payload["preset"] == {"name": "gaussian", "eta": 0.5} and payload["chips"] == 2
+    a, b = payload["ppl_per_chip"]
+    assert a != b, "two chips are two independent noise draws"
+    assert payload["ppl_mean"] == pytest.approx((a + b) / 2)
+    assert payload["ppl_std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
+    runner.invoke(app, args)  # the same chips again: identical numbers
+    assert json.loads(out.read_text())["ppl_per_chip"] == [a, b]
+
+
+def test_noise_show_and_plot(tmp_path):
+    shown = runner.invoke(app, ["noise", "show", "pcm", "--set", "prog_noise_scale=2"])
+    assert shown.exit_code == 0 and "Joshi" in shown.output and "t = 3600 s" in shown.output
+    png = tmp_path / "pcm.png"
+    plotted = runner.invoke(app, ["noise", "plot", "hermes", "--out", str(png)])
+    assert plotted.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["noise", "show", "flash"], "unknown noise preset 'flash'"),
+    (["noise", "show", "pcm", "--set", "eta"], "--set takes KEY=VALUE"),
+    (["eval", "--model", "x", "--set", "eta=1"], "--set needs --preset"),
+])
+def test_noise_mistakes_are_one_line_errors(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

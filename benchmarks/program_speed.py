@@ -1,0 +1,151 @@
+"""Programming a model onto a PCM chip (programming noise + drift to t = 1 day + read noise): romer vs aihwkit.
+
+Each measurement runs in its own process, so its peak RSS is its own. aihwkit's analog wrappers replace
+``nn.Linear`` modules only: fused expert tensors and OLMoE's router are not ``nn.Linear``, so the side-by-side
+runs on what both can program, the attention projections of every decoder layer. romer is also timed on its
+full placements (``moe`` and ``all``). aihwkit is optional: without it only romer's rows are measured.
+
+Usage: python benchmarks/program_speed.py [--update-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- program-speed:begin -->", "<!-- program-speed:end -->"
+T_INFERENCE = 86400.0
+SYNTHETIC = dict(vocab_size=8192, hidden_size=1024, num_hidden_layers=4, num_attention_heads=16,
+                 num_key_value_heads=16, intermediate_size=256, num_experts=64, num_experts_per_tok=8,
+                 max_position_embeddings=1024)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _load(model_name: str):
+    if model_name == "synthetic-200m":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return AutoModelForCausalLM.from_config(AutoConfig.for_model("olmoe", **SYNTHETIC)).eval()
+    from romer.models import load_model
+
+    return load_model(model_name)[0]
+
+
+def _romer(model, placement: str) -> None:
+    from romer.noise.chip import Chip, program
+
+    program(model, Chip.from_options("pcm", placement=placement, t_inference=T_INFERENCE, seed=0))
+
+
+def _aihwkit(model, placement: str) -> None:
+    from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+    from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
+    from aihwkit.nn.conversion import convert_to_analog
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig
+
+    assert placement == "attention", "aihwkit converts nn.Linear modules only"
+    rpu = TorchInferenceRPUConfig()
+    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
+    rpu.drift_compensation = GlobalDriftCompensation()
+    for layer in model.model.layers:
+        layer.self_attn = convert_to_analog(layer.self_attn, rpu)  # the documented, copying default
+        layer.self_attn.eval()
+        layer.self_attn.program_analog_weights()
+        layer.self_attn.drift_analog_weights(T_INFERENCE)
+
+
+def worker(tool: str, model_name: str, placement: str) -> dict:
+    model = _load(model_name)
+    params = sum(p.numel() for p in model.parameters())
+    loaded_rss = _current_rss_mb()
+    started = time.perf_counter()
+    with torch.no_grad():
+        (_romer if tool == "romer" else _aihwkit)(model, placement)
+    seconds = time.perf_counter() - started
+    return {"tool": tool, "model": model_name, "placement": placement, "params": params, "seconds": seconds,
+            "loaded_rss_mb": loaded_rss, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_worker(tool: str, model_name: str, placement: str) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", tool, model_name, placement]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"{tool} {model_name} {placement} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    def key(r):
+        return r["model"], r["placement"]
+
+    aihwkit = {key(r): r for r in rows if r["tool"] == "aihwkit"}
+    lines = ["| model (params) | analog part | romer time | aihwkit time | speed-up | romer peak / loaded RSS "
+             "| aihwkit peak / loaded RSS |", "|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r["tool"] == "romer"):
+        a = aihwkit.get(key(r))
+        ours = f"{r['peak_rss_mb']:.0f} / {r['loaded_rss_mb']:.0f} MB (×{r['peak_rss_mb'] / r['loaded_rss_mb']:.2f})"
+        theirs = (f"{a['peak_rss_mb']:.0f} / {a['loaded_rss_mb']:.0f} MB (×{a['peak_rss_mb'] / a['loaded_rss_mb']:.2f})"
+                  if a else "—")
+        their_time = f"{a['seconds']:.2f} s" if a else "—"
+        speedup = f"×{a['seconds'] / r['seconds']:.1f}" if a else "—"
+        lines.append(f"| {r['model']} ({r['params'] / 1e6:.0f}M) | {r['placement']} | {r['seconds']:.2f} s | "
+                     f"{their_time} | {speedup} | {ours} | {theirs} |")
+    lines += ["", f"PCM, t = 1 day, fp32, one process per row; torch {torch.__version__}, "
+                  f"{torch.get_num_threads()} threads, {platform.machine()}. Regenerate: `make bench`."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "PLACEMENT"))
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker)))
+        return
+    try:
+        import aihwkit  # noqa: F401
+
+        tools = ("romer", "aihwkit")
+    except ImportError:
+        tools = ("romer",)
+    rows = []
+    for model_name in ("olmoe-tiny", "synthetic-200m"):
+        for placement in ("attention", "moe", "all"):
+            for tool in tools if placement == "attention" else ("romer",):
+                row = run_worker(tool, model_name, placement)
+                if row:
+                    rows.append(row)
+    text = table(rows)
+    print(text)
+    if args.update_readme:
+        from romer.io import write_text_atomic
+
+        readme = README.read_text()
+        head, rest = readme.split(BEGIN)
+        _, tail = rest.split(END)
+        write_text_atomic(README, f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
