@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from romer.data import load_text
 from romer.eval import perplexity
-from romer.models import load_model, resolve_model_dir
+from romer.models import load_model
 from romer.models.view import moe_config, moe_layers
 from romer.routing import record_usage
 
@@ -44,19 +42,14 @@ def clean_report(name_or_path: str, split: str = "test", window: int = 512, batc
     """Clean perplexity (token, word, bits/byte) and per-layer expert usage of one model on one split."""
     model, tokenizer = load_model(name_or_path)
     text = load_text(split)
-    started = time.perf_counter()
     with record_usage(model) as usage:
         result = perplexity(model, tokenizer, text, window=window, batch_size=batch_size, progress=progress,
                             description=f"{name_or_path} · {split}")
-    seconds = time.perf_counter() - started
     return {
         "model": str(name_or_path),
-        "folder": str(resolve_model_dir(name_or_path)),
         "split": split,
         **model_facts(model),
         **result.to_dict(),
-        "eval_seconds": seconds,
-        "tokens_per_second": result.tokens / seconds,
         "usage": usage.summary(),
         "torch": torch.__version__,
     }
