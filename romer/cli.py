@@ -272,14 +272,14 @@ def noise_sensitivity(
     max_chars: int = typer.Option(80_000, help="Characters of the validation split to evaluate."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON here."),
 ):
-    """Validation PPL under PCM at 1 s … 1 year (placements moe and all) and the gaussian η that doubles PPL."""
+    """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
     from romer.experiment.sensitivity import markdown, sensitivity
     from romer.models import zoo_names
 
     if chips < 1:
         raise UserError(f"--chips must be at least 1, got {chips}")
-    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=True) for name in models or zoo_names()]
-    console.print(markdown(results), highlight=False)
+    results = [sensitivity(name, chips=chips, max_chars=max_chars) for name in models or zoo_names()]
+    typer.echo(markdown(results))
     if json_path is not None:
         from romer.io import write_json_atomic
 
