@@ -278,7 +278,7 @@ def noise_sensitivity(
 
     if chips < 1:
         raise UserError(f"--chips must be at least 1, got {chips}")
-    results = [sensitivity(name, chips=chips, max_chars=max_chars) for name in models or zoo_names()]
+    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=True) for name in models or zoo_names()]
     typer.echo(markdown(results))
     if json_path is not None:
         from romer.io import write_json_atomic

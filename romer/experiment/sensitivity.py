@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from rich.progress import Progress
+
 from romer.data import load_text
 from romer.eval import perplexity
 from romer.experiment.noisy import noisy_perplexity
@@ -41,10 +43,22 @@ def sensitivity(name: str, chips: int = 3, max_chars: int = 80_000, window: int 
     text = load_text("validation")[:max_chars]
     clean = perplexity(model, tokenizer, text, window=window).ppl
 
+    bar = Progress(disable=not progress, transient=True)
+    task = bar.add_task(f"{name}: noise sweep",
+                        total=len(placements) * (len(PCM_TIMES) + len(PCM_SCALES) + len(GAUSSIAN_ETAS)))
+
     def run(chip: Chip) -> dict:
-        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=window, progress=progress)
+        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=window)
+        bar.advance(task)
         return {"ppl_mean": result["ppl_mean"], "ppl_std": result["ppl_std"], "ppl_per_chip": result["ppl_per_chip"]}
 
+    with bar:
+        return _sweep(run, clean, placements) | {"model": name, "split": "validation", "max_chars": max_chars,
+                                                  "window": window, "chips": chips, "clean_ppl": clean}
+
+
+def _sweep(run, clean: float, placements: tuple[str, ...]) -> dict:
+    """Run every setting through ``run(chip) → {ppl_mean, ppl_std, ppl_per_chip}``, per placement."""
     pcm_time = {pl: {label: run(Chip.from_options("pcm", placement=pl, t_inference=t)) for label, t in PCM_TIMES.items()}
                 for pl in placements}
     pcm_scaled = {pl: {k: run(Chip.from_options("pcm", placement=pl, prog_noise_scale=k, read_noise_scale=k))
@@ -56,8 +70,6 @@ def sensitivity(name: str, chips: int = 3, max_chars: int = 80_000, window: int 
         return doubling_point(list(sweep), [v["ppl_mean"] for v in sweep.values()], clean)
 
     return {
-        "model": name, "split": "validation", "max_chars": max_chars, "window": window, "chips": chips,
-        "clean_ppl": clean,
         "placements": {pl: {"pcm_time": pcm_time[pl],
                             "pcm_scaled": {str(k): v for k, v in pcm_scaled[pl].items()},
                             "pcm_doubling_scale": doubling(pcm_scaled[pl]),
