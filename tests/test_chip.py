@@ -128,3 +128,18 @@ def test_doubling_point_golden():
     # see the docstring: ln 200 sits 0.5632 of the way from ln 150 to ln 250 → η = 0.1 + 0.05632
     assert doubling_point([0.05, 0.1, 0.2], [120.0, 150.0, 250.0], 100.0) == pytest.approx(0.156317, abs=1e-6)
     assert doubling_point([0.05, 0.1], [120.0, 150.0], 100.0) is None
+
+
+@pytest.mark.parametrize("store", ["disk", "memory"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_restore_is_exact_from_either_store_in_every_dtype(store, dtype):
+    model = tiny("qwen2_moe").to(dtype)
+    before = snapshot(model)
+    with program(model, Chip.from_options("pcm", placement="all", seed=9), clean_store=store):
+        assert changed(model, before)
+    assert not changed(model, before)
+
+
+def test_unknown_clean_store_is_refused():
+    with pytest.raises(UserError, match="unknown clean store"):
+        program(tiny("olmoe"), Chip.from_options("pcm"), clean_store="cloud")

@@ -1,7 +1,8 @@
 """A simulated chip (noise preset + placement + mapping + seed + inference time) and programming a model onto it.
 
 Programming perturbs the analog weights **in place**, once, as the hardware would (static noise), and returns
-a handle whose ``restore()`` writes the clean weights back bit-identically. Each weight tensor draws from its
+a handle whose ``restore()`` writes the clean weights back bit-identically (from a temporary file by default,
+so programming never needs a second copy of the model in memory). Each weight tensor draws from its
 own generator, seeded from (chip seed, parameter name): different tensors get independent draws, and a tensor's
 noise does not depend on which other tensors are analog or in which order they are programmed.
 """
@@ -9,6 +10,7 @@ noise does not depend on which other tensors are analog or in which order they a
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -75,12 +77,65 @@ def tensor_generator(chip_seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+class DiskStore:
+    """Clean tensors in an anonymous temporary file (removed when closed): RAM holds no second copy.
+
+    Writes go straight from the parameter's memory and ``restore_into`` reads straight back into it, so a CPU
+    model's resident memory grows only by the one noisy tensor being written at a time.
+    """
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile()
+        self._index: dict[str, tuple[int, int]] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        data = _bytes_view(tensor.detach().to("cpu").contiguous())
+        self._index[name] = (self._file.tell(), data.size)
+        self._file.write(memoryview(data))
+
+    def restore_into(self, name: str, param: torch.Tensor) -> None:
+        offset, nbytes = self._index[name]
+        self._file.seek(offset)
+        target = param if param.device.type == "cpu" and param.is_contiguous() else torch.empty_like(param, device="cpu")
+        if self._file.readinto(memoryview(_bytes_view(target.detach()))) != nbytes:
+            raise OSError(f"clean copy of {name} is truncated")
+        if target is not param:
+            param.copy_(target)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MemoryStore:
+    """Clean tensors as CPU copies in RAM (fastest restore; costs one copy of the analog weights)."""
+
+    def __init__(self):
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        self._tensors[name] = tensor.detach().to("cpu", copy=True)
+
+    def restore_into(self, name: str, param: torch.Tensor) -> None:
+        param.copy_(self._tensors[name])
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+CLEAN_STORES = {"disk": DiskStore, "memory": MemoryStore}
+
+
+def _bytes_view(tensor: torch.Tensor):
+    """The tensor's memory as a flat uint8 numpy array (no copy; works for every dtype, bf16 included)."""
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
 class Programmed:
     """Handle of a programmed model: ``restore()`` puts the clean weights back (also usable as a context)."""
 
-    def __init__(self, model: nn.Module, chip: Chip, clean: dict[str, torch.Tensor], params: dict[str, nn.Parameter]):
+    def __init__(self, model: nn.Module, chip: Chip, store, params: dict[str, nn.Parameter]):
         self.model, self.chip = model, chip
-        self._clean, self._params = clean, params
+        self._store, self._params = store, params
 
     @property
     def names(self) -> list[str]:
@@ -89,11 +144,12 @@ class Programmed:
 
     @torch.no_grad()
     def restore(self) -> None:
-        if self._clean is None:
+        if self._store is None:
             return
         for name, param in self._params.items():
-            param.copy_(self._clean[name])
-        self._clean = None
+            self._store.restore_into(name, param)
+        self._store.close()
+        self._store = None
         delattr(self.model, _PROGRAMMED_FLAG)
 
     def __enter__(self) -> "Programmed":
@@ -104,27 +160,33 @@ class Programmed:
 
 
 @torch.no_grad()
-def program(model: nn.Module, chip: Chip) -> Programmed:
+def program(model: nn.Module, chip: Chip, clean_store: str = "disk") -> Programmed:
     """Perturb the chip's analog weights of ``model`` in place; return the handle that restores them.
 
-    Clean copies of the analog weights are kept on the CPU (in their own dtype), so a GPU model never holds a
-    second copy in device memory. Noise is drawn on the CPU in float32 from per-tensor generators, so the same
-    chip gives bit-identical weights on every machine with the same torch version.
+    The clean analog weights are kept in ``clean_store``: ``"disk"`` (default; an anonymous temporary file, so
+    neither RAM nor device memory holds a second copy of the model) or ``"memory"`` (CPU RAM copies). Noise is
+    drawn on the CPU in float32 from per-tensor generators, so the same chip gives bit-identical weights on
+    every machine with the same torch version.
     """
     if getattr(model, _PROGRAMMED_FLAG, None) is not None:
         raise UserError("model is already programmed onto a chip; restore() it before programming another")
+    if clean_store not in CLEAN_STORES:
+        raise UserError(f"unknown clean store {clean_store!r}; choose one of {', '.join(CLEAN_STORES)}")
     weights = analog_weights(model, chip.placement, strict=chip.placement_name() not in NAMED_PLACEMENTS)
-    clean, params = {}, {}
+    store = CLEAN_STORES[clean_store]()
+    params: dict[str, nn.Parameter] = {}
     try:
         for w in weights:
-            clean[w.name] = w.parameter.detach().to("cpu", copy=True)
+            store.put(w.name, w.parameter)
             params[w.name] = w.parameter
-            noisy = chip.preset.program(clean[w.name], group=chip.mapping, t_inference=chip.t_inference,
-                                        generator=tensor_generator(chip.seed, w.name))
+            noisy = chip.preset.program(w.parameter.detach().to("cpu"), group=chip.mapping,
+                                        t_inference=chip.t_inference, generator=tensor_generator(chip.seed, w.name))
             w.parameter.copy_(noisy)
+            del noisy
     except BaseException:
         for name, param in params.items():
-            param.copy_(clean[name])
+            store.restore_into(name, param)
+        store.close()
         raise
     setattr(model, _PROGRAMMED_FLAG, chip)
-    return Programmed(model, chip, clean, params)
+    return Programmed(model, chip, store, params)
