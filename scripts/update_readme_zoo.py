@@ -54,7 +54,12 @@ def section() -> str:
         for u in c["usage"]:
             out.append(f"| `{name}` | {u['layer']} | {u['cv']:.3f} | {u['f_min']:.4f} | {u['f_max']:.4f} "
                        f"| {u['f_uniform']:.4f} | {u['cold_experts']} |")
-    out += ["", "Training curves: `romer/models/zoo/NAME/loss_curve.png`; per-step logs: `training_log.json`."]
+    out += ["", "Training curves: `romer/models/zoo/NAME/loss_curve.png`; per-step logs: `training_log.json`.", "",
+            "`deepseekmoe-tiny` is a `DeepseekV2ForCausalLM` set to deepseek-moe-16b's routing (softmax, greedy",
+            "top-k without renormalisation, scaling 1.0, first layer dense). Differences from deepseek-moe-16b, a",
+            "remote-code model: DeepseekV2 uses multi-head latent attention (MLA) where deepseek-moe-16b has standard",
+            "multi-head attention, and it stores the 2 shared experts as one MLP of twice the width (the same",
+            "function: two SwiGLU MLPs summed equal one with their hidden units concatenated)."]
     return "\n".join(out)
 
 
