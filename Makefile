@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,9 @@ ZOO := olmoe-tiny qwenmoe-tiny deepseekmoe-tiny
 zoo-cards: $(VENV)/.installed
 	for m in $(ZOO); do $(VENV)/bin/romer zoo card $$m || exit 1; done
 	$(PY) scripts/update_readme_zoo.py
+
+# Noise sensitivity of the zoo models (validation split) and README's table.
+sensitivity: $(VENV)/.installed
+	mkdir -p results/sensitivity
+	for m in $(ZOO); do $(VENV)/bin/romer noise sensitivity --model $$m --json results/sensitivity/$$m.json || exit 1; done
+	$(PY) scripts/update_readme_sensitivity.py
