@@ -66,12 +66,13 @@ def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
 
 def test_run_reports_perplexity_and_usage(folder, tmp_path):
     out = tmp_path / "run.json"
-    result = runner.invoke(app, ["run", "--model", str(folder), "--split", "validation", "--window", "256",
+    result = runner.invoke(app, ["run", "--model", str(folder), "--split", "validation", "--window", "256", "--chips", "2",
                                  "--json", str(out)])
     assert result.exit_code == 0, result.output
     (report,) = json.loads(out.read_text())
     assert report["experts"] == 8 and report["top_k"] == 2 and len(report["usage"]) == 2
     assert report["parameters"]["active"] < report["parameters"]["total"]
+    assert report["default_chip"]["chips"] == 2 and report["default_chip"]["chip"]["placement"] == "moe"
     assert "CV of f" in result.output and "cold experts" in result.output
 
 
@@ -124,3 +125,12 @@ def test_noise_show_and_plot(tmp_path):
 def test_noise_mistakes_are_one_line_errors(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_zoo_card_writes_card_json_into_the_folder(folder):
+    result = runner.invoke(app, ["zoo", "card", str(folder), "--window", "256"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((folder / "card.json").read_text())
+    assert card["split"] == "test" and card["tokens"] == 107743 and card["window"] == 256
+    assert card["unigram_ppl"] < card["ppl"]  # an untrained model is worse than unigram
+    assert len(card["usage"]) == 2 and card["parameters"]["total"] > card["parameters"]["active"]

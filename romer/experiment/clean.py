@@ -6,7 +6,6 @@ import torch
 
 from romer.data import load_text
 from romer.eval import perplexity
-from romer.models import load_model
 from romer.models.view import moe_config, moe_layers
 from romer.routing import record_usage
 
@@ -37,16 +36,14 @@ def model_facts(model) -> dict:
     }
 
 
-def clean_report(name_or_path: str, split: str = "test", window: int = 512, batch_size: int = 8,
+def clean_report(model, tokenizer, label: str, split: str = "test", window: int = 512, batch_size: int = 8,
                  progress: bool = False) -> dict:
     """Clean perplexity (token, word, bits/byte) and per-layer expert usage of one model on one split."""
-    model, tokenizer = load_model(name_or_path)
-    text = load_text(split)
     with record_usage(model) as usage:
-        result = perplexity(model, tokenizer, text, window=window, batch_size=batch_size, progress=progress,
-                            description=f"{name_or_path} · {split}")
+        result = perplexity(model, tokenizer, load_text(split), window=window, batch_size=batch_size,
+                            progress=progress, description=f"{label} · {split}")
     return {
-        "model": str(name_or_path),
+        "model": label,
         "split": split,
         **model_facts(model),
         **result.to_dict(),
