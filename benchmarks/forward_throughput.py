@@ -83,12 +83,9 @@ def main() -> None:
     text = table(results, args)
     print(text)
     if args.update_readme:
-        from romer.io import write_text_atomic
+        from romer.io import replace_between_markers
 
-        readme = README.read_text()
-        head, rest = readme.split(BEGIN)
-        _, tail = rest.split(END)
-        write_text_atomic(README, f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        replace_between_markers(README, BEGIN, END, text)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, payload) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def replace_between_markers(path: str | Path, begin: str, end: str, text: str) -> Path:
+    """Rewrite the part of a text file between the marker lines ``begin`` and ``end`` (markers kept), atomically."""
+    content = Path(path).read_text(encoding="utf-8")
+    if content.count(begin) != 1 or content.count(end) != 1:
+        raise ValueError(f"{path}: expected exactly one {begin!r} and one {end!r}")
+    head, rest = content.split(begin)
+    _, tail = rest.split(end)
+    return write_text_atomic(path, f"{head}{begin}\n{text}\n{end}{tail}")

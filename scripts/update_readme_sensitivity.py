@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from romer.experiment.sensitivity import markdown
-from romer.io import write_text_atomic
+from romer.io import replace_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- sensitivity:begin -->", "<!-- sensitivity:end -->"
@@ -25,10 +25,7 @@ def main() -> int:
              "Regenerate: `make sensitivity`. PCM rows use the published constants (drift compensation on, mapping "
              "per expert); `pcm ×k` scales programming and read noise by k at t = 1 day; the last two columns are "
              "the noise levels at which PPL doubles (interpolated in ln PPL).\n\n")
-    readme = (ROOT / "README.md").read_text()
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    write_text_atomic(ROOT / "README.md", f"{head}{BEGIN}\n{intro}{markdown(results)}\n{END}{tail}")
+    replace_between_markers(ROOT / "README.md", BEGIN, END, intro + markdown(results))
     print("updated README.md")
     return 0
 

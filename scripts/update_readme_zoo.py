@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from romer.io import write_text_atomic
+from romer.io import replace_between_markers
 from romer.models.loading import ZOO_DIR, zoo_names
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -64,10 +64,7 @@ def section() -> str:
 
 
 def main() -> int:
-    readme = README.read_text()
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    write_text_atomic(README, f"{head}{BEGIN}\n{section()}\n{END}{tail}")
+    replace_between_markers(README, BEGIN, END, section())
     print(f"updated {README}")
     return 0
 

@@ -1,0 +1,27 @@
+"""Atomic outputs: complete files or none, and README marker rewriting."""
+
+import pytest
+
+from romer.io import replace_between_markers, write_json_atomic
+
+
+def test_replace_between_markers_keeps_the_rest(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("top\n<!-- a -->\nold\n<!-- b -->\nbottom\n")
+    replace_between_markers(path, "<!-- a -->", "<!-- b -->", "new\nlines")
+    assert path.read_text() == "top\n<!-- a -->\nnew\nlines\n<!-- b -->\nbottom\n"
+
+
+def test_missing_markers_are_an_error_and_leave_the_file(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("no markers\n")
+    with pytest.raises(ValueError, match="expected exactly one"):
+        replace_between_markers(path, "<!-- a -->", "<!-- b -->", "x")
+    assert path.read_text() == "no markers\n"
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"not serialisable": object()})
+    assert list(tmp_path.iterdir()) == []
