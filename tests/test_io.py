@@ -2,7 +2,7 @@
 
 import pytest
 
-from romer.io import replace_between_markers, write_json_atomic
+from romer.io import replace_between_markers, write_bytes_atomic
 
 
 def test_replace_between_markers_keeps_the_rest(tmp_path):
@@ -21,7 +21,8 @@ def test_missing_markers_are_an_error_and_leave_the_file(tmp_path):
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path):
-    target = tmp_path / "out.json"
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous")
     with pytest.raises(TypeError):
-        write_json_atomic(target, {"not serialisable": object()})
-    assert list(tmp_path.iterdir()) == []
+        write_bytes_atomic(target, "a str is not bytes: the write fails after the temporary file exists")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"] and target.read_bytes() == b"previous"
