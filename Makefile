@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards sensitivity
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,11 @@ sensitivity: $(VENV)/.installed
 	mkdir -p results/sensitivity
 	for m in $(ZOO); do $(VENV)/bin/romer noise sensitivity --model $$m --json results/sensitivity/$$m.json || exit 1; done
 	$(PY) scripts/update_readme_sensitivity.py
+
+# Routing under the default chip for each zoo model and placement (validation split), and README's findings.
+routing-study: $(VENV)/.installed
+	mkdir -p results/routing
+	for m in $(ZOO); do for p in moe experts all; do \
+	  $(VENV)/bin/romer stats --model $$m --preset default --placement $$p --chips 3 --max-chars 80000 \
+	    --json results/routing/$$m-$$p.json || exit 1; done; done
+	$(PY) scripts/update_readme_routing.py

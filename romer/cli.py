@@ -62,6 +62,18 @@ def _preset_overrides(settings: list[str]) -> dict[str, str]:
     return overrides
 
 
+def _chip(preset: str, placement: str, mapping: str, seed: int, t: float, settings: list[str]):
+    """A Chip from CLI options; preset "default" is the main job's default chip (its scales unless --set)."""
+    from romer.noise.chip import DEFAULT_CHIP, Chip
+
+    overrides = _preset_overrides(settings)
+    if preset == "default":
+        scales = {k: v for k, v in DEFAULT_CHIP.items() if k.endswith("_scale")}
+        return Chip.from_options(DEFAULT_CHIP["preset"], placement=placement, mapping=mapping, seed=seed,
+                                 t_inference=t, **{**scales, **overrides})
+    return Chip.from_options(preset, placement=placement, mapping=mapping, seed=seed, t_inference=t, **overrides)
+
+
 @app.command("eval")
 @user_errors
 def eval_command(
@@ -69,12 +81,12 @@ def eval_command(
     split: str = typer.Option("test", help="Corpus split: train, validation or test."),
     window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    preset: Optional[str] = typer.Option(None, help="Noise preset (pcm, hermes, reram, gaussian, gaussian-mult); "
-                                                     "without it the clean model is evaluated."),
+    preset: Optional[str] = typer.Option(None, help="Noise preset (pcm, hermes, reram, gaussian, gaussian-mult, or "
+                                                     "default = the main job's chip); without it: clean."),
     chips: int = typer.Option(5, help="Number of simulated chips (seeds SEED … SEED+CHIPS−1)."),
     seed: int = typer.Option(0, help="Seed of the first chip."),
     t: float = typer.Option(86400.0, "--t", help="Inference time, seconds after programming."),
-    placement: str = typer.Option("moe", help="Analog placement: moe, all, or a comma list of groups."),
+    placement: str = typer.Option("moe", help="Analog placement: moe, experts, all, or a comma list of groups."),
     mapping: str = typer.Option("expert", help="Mapping group: expert, channel, tile or tensor."),
     settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE, e.g. prog_noise_scale=3."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
@@ -88,12 +100,9 @@ def eval_command(
     text = load_text(split)
     chip = None
     if preset is not None:
-        from romer.noise.chip import Chip
-
         if chips < 1:
             raise UserError(f"--chips must be at least 1, got {chips}")
-        chip = Chip.from_options(preset, placement=placement, mapping=mapping, seed=seed, t_inference=t,
-                                 **_preset_overrides(settings))
+        chip = _chip(preset, placement, mapping, seed, t, settings)
     elif settings:
         raise UserError("--set needs --preset")
     lm, tokenizer = load_model(model)
@@ -124,6 +133,66 @@ def eval_command(
         from romer.io import write_json_atomic
 
         write_json_atomic(json_path, payload)
+
+
+@app.command("stats")
+@user_errors
+def stats_command(
+    model: str = typer.Option(..., "--model", help="Zoo model name or a local HF folder."),
+    preset: Optional[str] = typer.Option(None, help="Noise preset (or default); without it: clean routing only."),
+    chips: int = typer.Option(5, help="Number of simulated chips."),
+    seed: int = typer.Option(0, help="Seed of the first chip."),
+    t: float = typer.Option(86400.0, "--t", help="Inference time, seconds after programming."),
+    placement: str = typer.Option("moe", help="Analog placement: moe, experts, all, or a comma list of groups."),
+    mapping: str = typer.Option("expert", help="Mapping group: expert, channel, tile or tensor."),
+    settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE."),
+    split: str = typer.Option("validation", help="Corpus split."),
+    max_chars: Optional[int] = typer.Option(None, help="Only the first N characters of the split."),
+    window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plots: Optional[Path] = typer.Option(None, help="Write routing plots (PNG) into this folder."),
+):
+    """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing."""
+    from romer.data import load_text
+    from romer.experiment.routing_study import fmt, routing_study
+    from romer.models import load_model
+    from romer.routing import RoutingStats
+
+    _check_window(window)
+    if chips < 1:
+        raise UserError(f"--chips must be at least 1, got {chips}")
+    chip = _chip(preset, placement, mapping, seed, t, settings) if preset else None
+    if settings and not preset:
+        raise UserError("--set needs --preset")
+    text = load_text(split)[:max_chars]
+    lm, tokenizer = load_model(model)
+    result = routing_study(lm, tokenizer, text, chip, chips=chips, window=window, progress=True)
+    records = result.pop("records")
+    shown = (RoutingStats.from_record(records["noisy"], reference=records["clean"]) if chip
+             else RoutingStats.from_record(records["clean"]))
+    rows = shown.table_rows()
+    title = f"{model} on {split}: " + (f"chip seed {seed} vs clean ({chip.placement_name()})" if chip else "clean")
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    if chip:
+        s = result["summary"]
+        console.print(f"over {chips} chips: PPL clean {result['clean_ppl']:.2f}, noisy {fmt(s['noisy_ppl'])}, "
+                      f"oracle routing {fmt(s['oracle_ppl'])}; routing share of the damage "
+                      f"{fmt(s['routing_share'])}; load CV {fmt(s['cv'], 3)}; Jaccard {fmt(s['jaccard'], 3)}",
+                      highlight=False)
+    if plots is not None:
+        from romer.routing.plots import write_routing_plots
+
+        write_routing_plots(records["clean"], records.get("noisy", records["clean"]), plots, prefix=f"{Path(model).name}_")
+        console.print(f"plots in {plots}")
+    if json_path is not None:
+        from romer.io import write_json_atomic
+
+        write_json_atomic(json_path, {"model": model, "split": split, "max_chars": max_chars, **result})
 
 
 @app.command("run")

@@ -134,3 +134,18 @@ def test_zoo_card_writes_card_json_into_the_folder(folder):
     assert card["split"] == "test" and card["tokens"] == 107743 and card["window"] == 256
     assert card["unigram_ppl"] < card["ppl"]  # an untrained model is worse than unigram
     assert len(card["usage"]) == 2 and card["parameters"]["total"] > card["parameters"]["active"]
+
+
+def test_stats_reports_clean_vs_noisy_routing_and_oracle(folder, tmp_path):
+    out, plots = tmp_path / "stats.json", tmp_path / "plots"
+    result = runner.invoke(app, ["stats", "--model", str(folder), "--preset", "gaussian", "--set", "eta=0.5",
+                                 "--chips", "2", "--max-chars", "4000", "--window", "128", "--json", str(out),
+                                 "--plots", str(plots)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["chips"] == 2 and len(payload["per_chip"]) == 2
+    assert {"noisy_ppl", "oracle_ppl", "routing_share", "jaccard", "kl"} <= set(payload["summary"])
+    assert 0 <= payload["summary"]["jaccard"]["mean"] < 1  # noise changed some routing decisions
+    assert len(payload["per_layer"]) == 2 and "Jaccard" in result.output
+    assert sorted(p.name for p in plots.iterdir())[:2] == [f"{folder.name}_expert_load.png",
+                                                          f"{folder.name}_frequency_heatmap.png"]

@@ -13,6 +13,8 @@ PLACEMENT_GROUPS = ("attention", "router", "routed_experts", "shared_experts", "
 NAMED_PLACEMENTS = {
     # The paper motivates CIM by the memory traffic of expert switching: the MoE blocks are analog.
     "moe": frozenset({"router", "routed_experts", "shared_experts"}),
+    # The MoE blocks' experts analog, the router digital: isolates the router's own noise.
+    "experts": frozenset({"routed_experts", "shared_experts"}),
     # Stress setting: every linear weight inside the decoder blocks is analog.
     "all": frozenset({"attention", "router", "routed_experts", "shared_experts", "dense_mlp"}),
 }

@@ -1,0 +1,49 @@
+"""Render README's routing findings from results/routing/*.json (written by `make routing-study`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from romer.experiment.routing_study import fmt
+from romer.io import replace_between_markers
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
+PLACEMENTS = {"moe": "moe (router analog)", "experts": "experts only (router digital)", "all": "all"}
+
+
+def main() -> int:
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "results/routing").glob("*.json"))]
+    if not runs:
+        print("no results in results/routing/: run `make routing-study`", file=sys.stderr)
+        return 1
+    first = runs[0]
+    lines = [f"Validation split, first {first['max_chars']:,} characters ({first['tokens']:,} tokens), default chip "
+             f"(PCM ×10, t = 1 day), {first['chips']} chips per row, mean ± std over chips. Regenerate: "
+             "`make routing-study`.", "",
+             "| model | analog placement | PPL clean | PPL noisy | PPL oracle routing | routing share of damage "
+             "| load CV clean → noisy | cold experts (all layers) | KL(f_noisy‖f_clean) | top-k Jaccard | top-1 changed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["model"], list(PLACEMENTS).index(r["chip"]["placement"]))):
+        s = r["summary"]
+        lines.append(f"| `{r['model']}` | {PLACEMENTS[r['chip']['placement']]} | {r['clean_ppl']:.2f} "
+                     f"| {fmt(s['noisy_ppl'])} | {fmt(s['oracle_ppl'])} | {fmt(s['routing_share'])} "
+                     f"| {r['clean']['overall']['cv']:.2f} → {fmt(s['cv'])} | {r['clean']['overall']['cold']} → "
+                     f"{fmt(s['cold'], 1)} | {fmt(s['kl'], 3)} | {fmt(s['jaccard'], 3)} | {fmt(s['top1_changed'], 3)} |")
+    lines += ["", "Per layer (placement moe): load CV clean → noisy and top-k Jaccard, mean over chips.", "",
+              "| model | layer | CV clean | CV noisy | Jaccard | top-1 changed |", "|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: r["model"]):
+        if r["chip"]["placement"] != "moe":
+            continue
+        for layer in r["per_layer"]:
+            lines.append(f"| `{r['model']}` | {layer['layer']} | {layer['clean_cv']:.2f} | {fmt(layer['cv'])} "
+                         f"| {fmt(layer['jaccard'], 3)} | {fmt(layer['top1_changed'], 3)} |")
+    replace_between_markers(ROOT / "README.md", BEGIN, END, "\n".join(lines))
+    print("updated README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

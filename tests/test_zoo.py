@@ -1,0 +1,57 @@
+"""The shipped reference models: real transformers classes, realistic routing, far better than unigram."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from romer.data import load_text
+from romer.eval import perplexity, unigram_perplexity
+from romer.models.loading import ZOO_DIR, zoo_names
+from romer.models.view import moe_config, moe_layers
+from romer.routing import record_usage
+
+EXPECTED = {  # name: (class, experts, top-k, shared experts)
+    "olmoe-tiny": ("OlmoeForCausalLM", 64, 8, 0),
+    "qwenmoe-tiny": ("Qwen2MoeForCausalLM", 60, 4, 1),
+    "deepseekmoe-tiny": ("DeepseekV2ForCausalLM", 64, 6, 2),
+}
+
+
+def test_the_zoo_holds_the_three_families():
+    assert set(zoo_names()) == set(EXPECTED)
+
+
+def test_shipped_weights_fit_the_budget():
+    total = sum((ZOO_DIR / n / "model.safetensors").stat().st_size for n in zoo_names())
+    assert total <= 100 * 2**20
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_plain_transformers_loads_it_and_it_routes_like_its_family(name):
+    folder = ZOO_DIR / name
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    cls, experts, top_k, shared = EXPECTED[name]
+    assert type(model).__name__ == cls
+    layers = moe_layers(model)
+    assert {(l.num_experts, l.top_k) for l in layers} == {(experts, top_k)}
+    assert moe_config(model.config)["n_shared_experts"] == shared
+    text = load_text("test")[:20_000]
+    with torch.no_grad(), record_usage(model) as usage:
+        ppl = perplexity(model, tokenizer, text, window=512).ppl
+    encode = tokenizer.backend_tokenizer.encode
+    unigram = unigram_perplexity(encode(load_text("train"), add_special_tokens=False).ids,
+                                 encode(text, add_special_tokens=False).ids, len(tokenizer))
+    assert ppl < unigram / 4, f"{name}: PPL {ppl:.1f} vs unigram {unigram:.1f}"
+    for row in usage.summary():  # not collapsed: no layer leaves a quarter of its experts idle
+        assert row["cold_experts"] < experts // 4 and row["f_max"] < 4 * row["f_uniform"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_card_matches_the_recipe(name):
+    card = json.loads((ZOO_DIR / name / "card.json").read_text())
+    log = json.loads((ZOO_DIR / name / "training_log.json").read_text())
+    assert card["experts"] == EXPECTED[name][1] and card["ppl"] < card["unigram_ppl"]
+    assert log["train_tokens"] >= log["recipe"]["training"]["tokens"]
