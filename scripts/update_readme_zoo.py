@@ -32,6 +32,8 @@ def section() -> str:
         "HF folders that `AutoModelForCausalLM.from_pretrained(folder)` loads. Test-split numbers: window 512, fp32;",
         "the unigram baseline is an add-one unigram model fitted on the train split, on the same test tokens.",
         "Regenerate the numbers: `make zoo-cards` (runs `romer zoo card NAME` for each model, then this table).",
+        "Training time is wall-clock on the project's 2-core machine, which other jobs shared during training;",
+        "val PPL is the trainer's last check on 24 validation windows (bf16 autocast), not the full split.",
         "",
         "| model | class | mirrors | params total / active | experts / top-k / shared | training tokens / time "
         "| val PPL | **test PPL** | unigram PPL | word PPL | bits/byte |",
