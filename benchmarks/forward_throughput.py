@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     results = {name: measure(name, args.windows, args.batch_size, args.window, args.repeats) for name in zoo_names()}
