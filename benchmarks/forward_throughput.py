@@ -2,8 +2,8 @@
 
 * plain Hugging Face forward in fp32 (the reference),
 * the same under bf16 autocast,
-* fp32 with romer's expert-usage hooks on every router (what `romer run` does),
-* fp32 with the full routing recorder (counts, mass, streamed logit percentiles, per-token top-k; `romer stats`).
+* fp32 with romer's routing recorder on every router (counts, mass, streamed logit percentiles, per-token
+  top-k; what `romer run` and `romer stats` use).
 
 Each configuration runs the same windows of the test split; repetitions are interleaved and the median is
 reported, so background load hits every column alike. ``--update-readme`` rewrites the table in
@@ -24,7 +24,7 @@ import torch
 from romer.data import load_text
 from romer.eval import token_windows
 from romer.models import load_model, zoo_names
-from romer.routing import record_routing, record_usage
+from romer.routing import record_routing
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- forward-throughput:begin -->", "<!-- forward-throughput:end -->"
@@ -34,7 +34,6 @@ def _modes(model):
     return {
         "fp32": contextlib.nullcontext,
         "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-        "fp32 + usage hooks": lambda: record_usage(model),
         "fp32 + routing recorder": lambda: record_routing(model, keep_topk=True),
     }
 
@@ -59,14 +58,12 @@ def measure(name: str, windows: int, batch_size: int, window: int, repeats: int)
 def table(results: dict[str, dict[str, float]], args) -> str:
     modes = list(next(iter(results.values())))
     lines = [
-        f"| model | {' | '.join(f'{m} (tok/s)' for m in modes)} | bf16 / fp32 | usage hooks overhead "
-        "| recorder overhead |",
-        "|---|" + "---|" * (len(modes) + 3),
+        f"| model | {' | '.join(f'{m} (tok/s)' for m in modes)} | bf16 / fp32 | recorder overhead |",
+        "|---|" + "---|" * (len(modes) + 2),
     ]
     for name, r in results.items():
         cells = " | ".join(f"{r[m]:,.0f}" for m in modes)
         lines.append(f"| {name} | {cells} | {r['bf16 autocast'] / r['fp32']:.2f} | "
-                     f"{100 * (r['fp32'] / r['fp32 + usage hooks'] - 1):+.1f} % | "
                      f"{100 * (r['fp32'] / r['fp32 + routing recorder'] - 1):+.1f} % |")
     lines.append("")
     lines.append(f"{args.windows} windows × {args.window} tokens, batch {args.batch_size}, median of {args.repeats} "

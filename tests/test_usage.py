@@ -1,4 +1,4 @@
-"""Expert-usage hooks: exact counts, padding excluded, hooks always removed, golden summary metrics."""
+"""Expert usage from the routing recorder: exact counts, padding excluded, hooks always removed, golden summaries."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from romer.models.view import moe_layers
-from romer.routing import ExpertUsage, record_usage
+from romer.routing import ExpertUsage, record_routing
 from tests.tiny_models import tiny
 
 GEN = torch.Generator().manual_seed(7)
@@ -35,8 +35,9 @@ def manual_counts(model, input_ids):
 
 
 def test_counts_match_the_routers_top_k(model):
-    with torch.no_grad(), record_usage(model) as usage:
+    with torch.no_grad(), record_routing(model) as record:
         model(input_ids=IDS)
+    usage = record.usage()
     assert usage.tokens == IDS.numel()
     assert torch.equal(usage.counts, manual_counts(model, IDS))
     assert torch.allclose(usage.frequency.sum(dim=1), torch.tensor([float(k) for k in usage.top_k], dtype=torch.double))
@@ -46,24 +47,27 @@ def test_padding_is_not_counted(model):
     # right padding: the real tokens' routing is unchanged, the padded positions must not count
     padded = torch.cat([IDS[:1], torch.zeros(1, 4, dtype=torch.long)], dim=1)
     mask = torch.cat([torch.ones(1, 9), torch.zeros(1, 4)], dim=1).long()
-    with torch.no_grad(), record_usage(model) as usage:
+    with torch.no_grad(), record_routing(model) as record:
         model(input_ids=padded, attention_mask=mask)
+    usage = record.usage()
     assert usage.tokens == 9
     assert torch.equal(usage.counts, manual_counts(model, IDS[:1]))
 
 
 def test_batches_add_up(model):
-    with torch.no_grad(), record_usage(model) as whole:
+    with torch.no_grad(), record_routing(model) as record:
         model(input_ids=IDS)
-    with torch.no_grad(), record_usage(model) as parts:
+    whole = record.usage()
+    with torch.no_grad(), record_routing(model) as record:
         for row in IDS:
             model(input_ids=row[None])
+    parts = record.usage()
     assert torch.equal(whole.counts, parts.counts) and whole.tokens == parts.tokens
 
 
 def test_hooks_are_removed_after_an_error(model):
     with pytest.raises(RuntimeError, match="boom"):
-        with record_usage(model):
+        with record_routing(model):
             raise RuntimeError("boom")
     assert not model._forward_pre_hooks
     assert all(not layer.router._forward_hooks for layer in moe_layers(model))

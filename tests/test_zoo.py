@@ -10,7 +10,7 @@ from romer.data import load_text
 from romer.eval import perplexity, unigram_perplexity
 from romer.models.loading import ZOO_DIR, zoo_names
 from romer.models.view import moe_config, moe_layers
-from romer.routing import record_usage
+from romer.routing import record_routing
 
 EXPECTED = {  # name: (class, experts, top-k, shared experts)
     "olmoe-tiny": ("OlmoeForCausalLM", 64, 8, 0),
@@ -39,13 +39,13 @@ def test_plain_transformers_loads_it_and_it_routes_like_its_family(name):
     assert {(l.num_experts, l.top_k) for l in layers} == {(experts, top_k)}
     assert moe_config(model.config)["n_shared_experts"] == shared
     text = load_text("test")[:20_000]
-    with torch.no_grad(), record_usage(model) as usage:
+    with torch.no_grad(), record_routing(model) as record:
         ppl = perplexity(model, tokenizer, text, window=512).ppl
     encode = tokenizer.backend_tokenizer.encode
     unigram = unigram_perplexity(encode(load_text("train"), add_special_tokens=False).ids,
                                  encode(text, add_special_tokens=False).ids, len(tokenizer))
     assert ppl < unigram / 4, f"{name}: PPL {ppl:.1f} vs unigram {unigram:.1f}"
-    for row in usage.summary():  # not collapsed: no layer leaves a quarter of its experts idle
+    for row in record.usage().summary():  # not collapsed: no layer leaves a quarter of its experts idle
         assert row["cold_experts"] < experts // 4 and row["f_max"] < 4 * row["f_uniform"]
 
 

@@ -7,7 +7,7 @@ import torch
 from romer.data import load_text
 from romer.eval import perplexity
 from romer.models.view import moe_config, moe_layers
-from romer.routing import record_usage
+from romer.routing import record_routing
 
 
 def parameter_counts(model) -> dict:
@@ -39,7 +39,7 @@ def model_facts(model) -> dict:
 def clean_report(model, tokenizer, label: str, split: str = "test", window: int = 512, batch_size: int = 8,
                  progress: bool = False) -> dict:
     """Clean perplexity (token, word, bits/byte) and per-layer expert usage of one model on one split."""
-    with record_usage(model) as usage:
+    with record_routing(model) as record:
         result = perplexity(model, tokenizer, load_text(split), window=window, batch_size=batch_size,
                             progress=progress, description=f"{label} · {split}")
     return {
@@ -47,7 +47,7 @@ def clean_report(model, tokenizer, label: str, split: str = "test", window: int 
         "split": split,
         **model_facts(model),
         **result.to_dict(),
-        "usage": usage.summary(),
+        "usage": record.usage().summary(),
         "torch": torch.__version__,
     }
 

@@ -16,8 +16,8 @@ def noisy_perplexity(model, tokenizer, text: str, chip: Chip, chips: int, window
     byte); the model is clean again afterwards.
     """
     results = []
-    for i in range(chips):
-        chip_i = chip.with_seed(chip.seed + i)
+    series = chip.series(chips)
+    for i, chip_i in enumerate(series):
         with program(model, chip_i):
             results.append(perplexity(model, tokenizer, text, window=window, batch_size=batch_size,
                                       progress=progress, description=f"chip {i + 1}/{chips} (seed {chip_i.seed})"))
@@ -28,7 +28,7 @@ def noisy_perplexity(model, tokenizer, text: str, chip: Chip, chips: int, window
         "preset": chip.preset.to_dict(),
         "chip": chip.to_dict(),
         "chips": chips,
-        "seeds": [chip.seed + i for i in range(chips)],
+        "seeds": [c.seed for c in series],
         "ppl_per_chip": per_chip,
         "ppl_mean": statistics.fmean(per_chip),
         "ppl_std": statistics.stdev(per_chip) if chips > 1 else 0.0,

@@ -40,8 +40,7 @@ def routing_study(model, tokenizer, text: str, chip: Chip | None, chips: int = 3
     if chip is None:
         return result
     per_chip = []
-    for i in range(chips):
-        chip_i = chip.with_seed(chip.seed + i)
+    for i, chip_i in enumerate(chip.series(chips)):
         with program(model, chip_i):
             with record_routing(model, keep_topk=True) as noisy_record:
                 noisy = perplexity(model, tokenizer, text, window=window, batch_size=batch_size, progress=progress,

@@ -144,17 +144,21 @@ def _lr_at(step: int, cfg: TrainingConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _lm_loss(model, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy (nats) of ``batch`` under bf16 autocast; logits reduced in fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=batch).logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction=reduction
+    )
+
+
 @torch.no_grad()
 def _validation_loss(model, windows: torch.Tensor, batch_size: int) -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=batch).logits.float()
-        total += torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-        ).item()
+        total += _lm_loss(model, windows[start : start + batch_size], reduction="sum").item()
     model.train()
     return total / (windows.shape[0] * (windows.shape[1] - 1))
 
@@ -198,11 +202,7 @@ def train(recipe_path: str | Path, out_dir: str | Path, progress: bool = True) -
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             batch = next(batches)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(input_ids=batch).logits.float()
-            lm_loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
-            )
+            lm_loss = _lm_loss(model, batch)
             balance, z = layer_losses()
             loss = lm_loss + cfg.balance_loss_coef * balance + cfg.z_loss_coef * z
             optimizer.zero_grad(set_to_none=True)

@@ -55,6 +55,10 @@ class Chip:
     def with_seed(self, seed: int) -> "Chip":
         return replace(self, seed=seed)
 
+    def series(self, count: int) -> list["Chip"]:
+        """``count`` chips identical but for their seeds: seed, seed + 1, …"""
+        return [self.with_seed(self.seed + i) for i in range(count)]
+
     def placement_name(self) -> str:
         for name, groups in NAMED_PLACEMENTS.items():
             if groups == self.placement:

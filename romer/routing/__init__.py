@@ -14,7 +14,7 @@ from romer.routing.oracle import (
 )
 from romer.routing.recorder import PERCENTILES, LayerRouting, LogitSketch, RoutingRecord, record_routing
 from romer.routing.stats import KL_EPSILON, LayerStats, RoutingStats, compare
-from romer.routing.usage import ExpertUsage, record_usage
+from romer.routing.usage import ExpertUsage
 
 __all__ = [
     "CapturedRouting",
@@ -32,7 +32,6 @@ __all__ = [
     "compare",
     "oracle_perplexity",
     "oracle_routing",
-    "record_usage",
     "record_routing",
     "routing_damage_share",
 ]
