@@ -1,0 +1,131 @@
+"""The Calibrator: a validated method config → fit on calibration tokens run through the chip-programmed model
+→ a Plan. Order (ROMER.md): replacement first, then the router correction fitted on the replaced, programmed model."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from romer.calibrate import recalibration as recal
+from romer.calibrate import replacement as rep
+from romer.calibrate.apply import apply
+from romer.calibrate.config import MethodConfig
+from romer.calibrate.data import calibration_windows, capture_logits, run_windows
+from romer.calibrate.maxnn import digital_experts
+from romer.calibrate.plan import Plan, Replacement
+from romer.calibrate.routing_rule import RouterFix
+from romer.models.view import moe_layers
+from romer.noise.chip import Chip, tensor_generator
+from romer.routing.recorder import RoutingRecord, record_routing
+from romer.routing.stats import coefficient_of_variation
+
+
+@dataclass
+class Observation:
+    """Routing of one model state over the calibration windows: the record, and (optionally) raw logits by layer."""
+
+    record: RoutingRecord
+    logits: dict[int, torch.Tensor] | None = None
+
+    def token_scale(self, layer: int, p: float) -> float:
+        """Mean over tokens of Q_p(|z_t|), the per-token p-th percentile of the absolute router logits."""
+        return float(torch.quantile(self.logits[layer].abs(), p / 100, dim=-1).mean())
+
+    def cv(self) -> list[float]:
+        return [coefficient_of_variation(layer.frequency) for layer in self.record]
+
+
+@torch.no_grad()
+def observe(model: nn.Module, windows: torch.Tensor, batch_size: int, keep_logits: bool = False) -> Observation:
+    """Record routing (and keep router logits) while the calibration windows run through ``model`` as it is."""
+    with record_routing(model) as record, capture_logits(model) as kept:
+        run_windows(model, windows, batch_size)
+    logits = {i: torch.cat(chunks) for i, chunks in kept.items()} if keep_logits else None
+    return Observation(record, logits)
+
+
+def _model_summary(model: nn.Module) -> dict:
+    layers = moe_layers(model)
+    return {"model_type": getattr(model.config, "model_type", None), "moe_layers": [l.index for l in layers],
+            "num_experts": [l.num_experts for l in layers], "top_k": [l.top_k for l in layers]}
+
+
+def observe_chip(model: nn.Module, chip: Chip, windows: torch.Tensor, batch_size: int) -> Observation:
+    """Observation (with logits) of ``model`` programmed onto ``chip``, no calibration; the model is restored."""
+    with apply(model, chip, Plan(method={}, chip=chip.to_dict(), model={})):
+        return observe(model, windows, batch_size, keep_logits=True)
+
+
+class Calibrator:
+    """Fits one method's plan for a chip from calibration windows (``calibration_windows(tokenizer, data)``).
+
+    ``clean`` (the clean model observed on the same windows, with logits) and ``noisy`` (the model programmed on
+    the fitting chip, observed the same way: ``observe_chip``) can be passed in to share them across methods.
+    """
+
+    def __init__(self, method: MethodConfig):
+        self.method = method
+
+    def windows(self, tokenizer) -> torch.Tensor:
+        return calibration_windows(tokenizer, self.method.calibration)
+
+    def fit_chip(self, chip: Chip) -> Chip:
+        """The chip the plan is fitted on: the scored chip, or another one (seed + fit_seed_offset: transfer)."""
+        return chip.with_seed(chip.seed + self.method.fit_seed_offset)
+
+    @torch.no_grad()
+    def fit(self, model: nn.Module, windows: torch.Tensor, chip: Chip, clean: Observation | None = None,
+            noisy: Observation | None = None) -> Plan:
+        m = self.method
+        batch = m.calibration.batch_size
+        clean = clean or observe(model, windows, batch, keep_logits=True)
+        fit_chip = self.fit_chip(chip)
+        layers = moe_layers(model)
+        plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=_model_summary(model))
+        fixes = {layer.index: RouterFix(layer.index) for layer in layers}
+        noisy = noisy or observe_chip(model, fit_chip, windows, batch)
+        stats = {"calibration_tokens": noisy.record.tokens, "cv_clean": clean.cv(), "cv_noisy": noisy.cv()}
+
+        if m.replace is not None:
+            source = noisy if m.replace.frequencies == "noisy" else clean
+            for layer, observed in zip(layers, source.record):
+                r = rep.replacement_count(observed.frequency, layer.top_k, m.replace)
+                rep.check_count(r, layer.num_experts, layer.top_k, m.replace.variant, layer.index)
+                generator = tensor_generator(fit_chip.seed, f"replace/random/{layer.index}")
+                pairs = rep.choose_pairs(observed.frequency, r, m.replace.select, generator)
+                plan.replacement.append(Replacement(layer.index, m.replace.variant, pairs))
+                if m.replace.variant in rep.MASKING_VARIANTS:
+                    fixes[layer.index].masked = [cold for cold, _ in pairs]
+                elif m.replace.variant == "split":
+                    fixes[layer.index].split = [(hot, cold) for cold, hot in pairs]
+        if m.maxnn is not None:
+            plan.digital_experts = ({layer.index: digital_experts(layer, m.maxnn.expert_share) for layer in layers}
+                                    if m.maxnn.experts else {})
+            plan.digital_attention = m.maxnn.attention
+        plan.router = list(fixes.values())
+
+        if m.recalibrate is not None:
+            if plan.replacement:  # re-observe the replaced, programmed model
+                with apply(model, fit_chip, plan):
+                    noisy_now = observe(model, windows, batch, keep_logits=True)
+            else:
+                noisy_now = noisy
+            for layer, n_rec, c_rec in zip(layers, noisy_now.record, clean.record):
+                fix = fixes[layer.index]
+                if m.recalibrate.mode == "token":
+                    recal.fit_token(noisy_now.token_scale(layer.index, m.recalibrate.p),
+                                    clean.token_scale(layer.index, m.recalibrate.p), m.recalibrate, fix)
+                else:
+                    recal.FITTERS[m.recalibrate.mode](n_rec, c_rec, m.recalibrate, fix)
+        if m.balance is not None:
+            for layer in layers:
+                fix = fixes[layer.index]
+                fix.selection_bias = recal.fit_balance_bias(noisy.logits[layer.index], layer.top_k, m.balance,
+                                                            fix.masked)
+                fix.apply_to = "selection"
+        plan.stats = {**stats, "cv_noisy_mean": statistics.fmean(stats["cv_noisy"]),
+                      "cv_clean_mean": statistics.fmean(stats["cv_clean"])}
+        return plan

@@ -1,0 +1,135 @@
+"""Validated method configurations: what a calibration method does, as data (pydantic, unknown keys rejected).
+
+A ``MethodConfig`` names one row of a results table: ``kind`` says which machinery runs, the nested models
+its options. ``default_methods()`` is the main job's list (README, "Main result").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KINDS = ("clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance")
+VARIANTS = ("replica", "split", "redirect", "prune-duplicate")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationData(_Strict):
+    """Calibration text: ``sequences`` windows of ``window`` tokens from ``split`` (disjoint from evaluation)."""
+
+    sequences: int = Field(64, ge=1)
+    window: int = Field(512, ge=2)
+    split: Literal["train", "validation", "test"] = "train"
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0  # which documents the windows come from
+
+
+class ReplaceConfig(_Strict):
+    """Expert replacement: r cold slots per layer get copies of the r hottest experts (shared experts never).
+
+    count: r per layer; else ratio·E rounded (at least 1); else threshold τ: slots with f_e < τ·k/E.
+    select "random": the control — random slots and random source experts (seeded by the chip seed).
+    frequencies: measured on the chip-programmed model ("noisy", as on hardware) or the clean one.
+    """
+
+    variant: Literal["replica", "split", "redirect", "prune-duplicate"] = "replica"
+    count: int | None = Field(None, ge=1)
+    ratio: float | None = Field(1 / 16, gt=0, lt=1)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    select: Literal["frequency", "random"] = "frequency"
+    frequencies: Literal["noisy", "clean"] = "noisy"
+
+
+class RecalibrateConfig(_Strict):
+    """Percentile router-logit recalibration, a digital per-expert affine after the router (ROMER.md step 2).
+
+    mode quantile (P1): z' = (z − Qn(50))/(Qn(hi) − Qn(lo))·(Qr(hi) − Qr(lo)) + Qr(50) per expert;
+    shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token.
+    reference "clean": each expert's own clean percentiles; "average": the expert-average of them (forces balance).
+    apply_to: the corrected logits choose the experts only, or also give the gate weights.
+    """
+
+    mode: Literal["quantile", "shift", "token"] = "quantile"
+    percentiles: tuple[float, float] = (5.0, 95.0)
+    p: float = Field(95.0, gt=0, le=100)
+    reference: Literal["clean", "average"] = "clean"
+    apply_to: Literal["selection", "selection+gates"] = "selection+gates"
+
+    @model_validator(mode="after")
+    def _check(self) -> "RecalibrateConfig":
+        lo, hi = self.percentiles
+        if not 0 <= lo < 50 < hi <= 100:
+            raise ValueError(f"percentiles must be (lo, hi) with 0 ≤ lo < 50 < hi ≤ 100, got {self.percentiles}")
+        return self
+
+
+class MaxNNConfig(_Strict):
+    """MaxNN (arXiv 2603.02633): the experts with the largest maximum neuron weight norm, and attention, digital."""
+
+    expert_share: float = Field(0.125, ge=0, le=1)
+    experts: bool = True
+    attention: bool = True
+
+
+class BalanceConfig(_Strict):
+    """Bias balancing without percentiles: a per-expert selection bias that equalises load on the calibration
+    tokens (sign updates of size ``step``·std(logits), ``iterations`` times, like aux-loss-free balancing)."""
+
+    iterations: int = Field(200, ge=1)
+    step: float = Field(0.01, gt=0)
+
+
+class MethodConfig(_Strict):
+    """One method of a results table. ``fit_seed_offset`` ≠ 0 fits the plan on another chip (seed + offset)
+    than the one it is scored on: chip transfer."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance"]
+    replace: ReplaceConfig | None = None
+    recalibrate: RecalibrateConfig | None = None
+    maxnn: MaxNNConfig | None = None
+    balance: BalanceConfig | None = None
+    calibration: CalibrationData = CalibrationData()
+    fit_seed_offset: int = 0
+
+    @model_validator(mode="after")
+    def _fill(self) -> "MethodConfig":
+        wants = {"replace": self.kind in ("replace", "romer"), "recalibrate": self.kind in ("recalibrate", "romer"),
+                 "maxnn": self.kind == "maxnn", "balance": self.kind == "balance"}
+        for part, wanted in wants.items():
+            if getattr(self, part) is not None and not wanted:
+                raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no '{part}' options")
+            if wanted and getattr(self, part) is None:
+                default = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
+                           "balance": BalanceConfig}[part]()
+                object.__setattr__(self, part, default)
+        return self
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.kind in ("replace", "recalibrate", "romer", "maxnn", "balance")
+
+
+def method(name: str, kind: str, **options) -> MethodConfig:
+    return MethodConfig(name=name, kind=kind, **options)
+
+
+def default_methods() -> list[MethodConfig]:
+    """The main result's methods, every one scored on the same chips (README, "Main result")."""
+    return [
+        method("clean", "clean"),
+        method("noisy", "noisy"),
+        method("oracle routing", "oracle"),
+        method("replacement", "replace"),
+        method("random replacement", "replace", replace={"select": "random"}),
+        method("recalibration", "recalibrate"),
+        method("romer", "romer"),
+        method("bias balancing", "balance"),
+        method("maxnn-12.5%", "maxnn"),
+        method("maxnn-12.5% experts", "maxnn", maxnn={"attention": False}),
+        method("maxnn attention", "maxnn", maxnn={"experts": False}),
+    ]

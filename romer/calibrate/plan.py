@@ -1,0 +1,81 @@
+"""A Plan: everything a calibration decided for one chip, as JSON-serialisable data.
+
+``apply(model, chip, plan)`` (romer.calibrate.apply) turns it into a calibrated model; a plan saved and loaded
+again applies to identical outputs (floats are stored as JSON numbers, which round-trip exactly).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from romer.calibrate.routing_rule import RouterFix
+from romer.errors import UserError
+from romer.io import write_json_atomic
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Replacement:
+    """One layer's replaced slots: ``pairs`` of (cold slot, hot source expert), all with one variant."""
+
+    layer: int
+    variant: str
+    pairs: list[tuple[int, int]]
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "variant": self.variant, "pairs": [list(p) for p in self.pairs]}
+
+
+@dataclass
+class Plan:
+    method: dict
+    chip: dict
+    model: dict
+    replacement: list[Replacement] = field(default_factory=list)
+    router: list[RouterFix] = field(default_factory=list)
+    digital_experts: dict[int, list[int]] = field(default_factory=dict)  # layer → experts kept digital
+    digital_attention: bool = False
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"version": PLAN_VERSION, "method": self.method, "chip": self.chip, "model": self.model,
+                "replacement": [r.to_dict() for r in self.replacement],
+                "router": [f.to_dict() for f in self.router if not f.is_identity],
+                "digital_experts": {str(k): v for k, v in sorted(self.digital_experts.items())},
+                "digital_attention": self.digital_attention, "stats": self.stats}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise UserError(f"not a romer plan (version {PLAN_VERSION}): missing or wrong 'version'")
+        try:
+            return cls(method=data["method"], chip=data["chip"], model=data["model"],
+                       replacement=[Replacement(r["layer"], r["variant"], [tuple(p) for p in r["pairs"]])
+                                    for r in data["replacement"]],
+                       router=[RouterFix.from_dict(f) for f in data["router"]],
+                       digital_experts={int(k): list(v) for k, v in data["digital_experts"].items()},
+                       digital_attention=bool(data["digital_attention"]), stats=data.get("stats", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"malformed plan: {type(exc).__name__}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no plan file at {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is not JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @property
+    def changes_routing(self) -> bool:
+        """Whether applying the plan needs the routing hook (romer.load), not just the stored weights."""
+        return any(not f.is_identity for f in self.router)

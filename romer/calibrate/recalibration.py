@@ -1,0 +1,74 @@
+"""Fit the digital router corrections (ROMER step 2, and the bias-balancing baseline) from routing statistics.
+
+Percentiles are per expert over the calibration tokens: Qn_e(p) of the chip-programmed model's router logits,
+Qr_e(p) of the reference (the clean model's, or their average over experts for reference "average").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from romer.calibrate.config import BalanceConfig, RecalibrateConfig
+from romer.calibrate.routing_rule import RouterFix
+from romer.routing.recorder import LayerRouting
+
+
+def _reference(q_clean: torch.Tensor, reference: str) -> torch.Tensor:
+    """[E, P] reference percentiles: each expert's own, or the expert-average broadcast to every expert."""
+    if reference == "average":
+        return q_clean.mean(dim=0, keepdim=True).expand_as(q_clean)
+    return q_clean
+
+
+def fit_quantile(noisy: LayerRouting, clean: LayerRouting, config: RecalibrateConfig, fix: RouterFix) -> RouterFix:
+    """P1: z' = (z − Qn(50)) / (Qn(hi) − Qn(lo)) · (Qr(hi) − Qr(lo)) + Qr(50), i.e. scale and offset per expert.
+    An expert whose noisy spread is zero (never seen, or constant) keeps scale 1 and is only shifted."""
+    lo, hi = config.percentiles
+    qn = noisy.percentiles((lo, 50.0, hi))
+    qr = _reference(clean.percentiles((lo, 50.0, hi)), config.reference)
+    spread_n, spread_r = qn[:, 2] - qn[:, 0], qr[:, 2] - qr[:, 0]
+    ok = torch.isfinite(spread_n) & (spread_n > 0) & torch.isfinite(spread_r)
+    scale = torch.where(ok, spread_r / torch.where(ok, spread_n, 1.0), 1.0)
+    offset = torch.where(torch.isfinite(qn[:, 1]) & torch.isfinite(qr[:, 1]), qr[:, 1] - scale * qn[:, 1], 0.0)
+    fix.scale, fix.offset, fix.apply_to = scale.tolist(), offset.tolist(), config.apply_to
+    return fix
+
+
+def fit_shift(noisy: LayerRouting, clean: LayerRouting, config: RecalibrateConfig, fix: RouterFix) -> RouterFix:
+    """P2: selection bias b_e = Qr_e(p) − Qn_e(p); the gate weights keep the router's own logits."""
+    qn = noisy.percentiles((config.p,))[:, 0]
+    qr = _reference(clean.percentiles((config.p,)), config.reference)[:, 0]
+    bias = torch.where(torch.isfinite(qn) & torch.isfinite(qr), qr - qn, 0.0)
+    fix.selection_bias, fix.apply_to = bias.tolist(), "selection"
+    return fix
+
+
+def fit_token(noisy_scale: float, clean_scale: float, config: RecalibrateConfig, fix: RouterFix) -> RouterFix:
+    """P3: z'_t = z_t · S_r / Q_p(|z_t|), S_r = mean over clean calibration tokens of Q_p(|z_t|)."""
+    if not math.isfinite(clean_scale) or clean_scale <= 0:
+        return fix
+    fix.token_p, fix.token_scale, fix.apply_to = config.p, clean_scale, config.apply_to
+    return fix
+
+
+FITTERS = {"quantile": fit_quantile, "shift": fit_shift}
+
+
+@torch.no_grad()
+def fit_balance_bias(logits: torch.Tensor, top_k: int, config: BalanceConfig, masked: list[int] = ()) -> list[float]:
+    """A selection bias b [E] so that top-k of z + b gives every (selectable) expert about the same load on the
+    calibration logits z [T, E]: b_e += step·std(z)·sign(mean load − load_e), ``iterations`` times."""
+    z = logits.float()
+    num_experts = z.shape[1]
+    selectable = torch.ones(num_experts, dtype=torch.bool)
+    selectable[list(masked)] = False
+    bias = torch.zeros(num_experts)
+    step = config.step * float(z.std())
+    for _ in range(config.iterations):
+        choice = (z + bias).masked_fill(~selectable, -math.inf)
+        load = torch.bincount(torch.topk(choice, top_k, dim=-1).indices.reshape(-1), minlength=num_experts).float()
+        target = load[selectable].mean()
+        bias += step * torch.sign(target - load) * selectable
+    return bias.tolist()
