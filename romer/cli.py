@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from romer.cli_errors import user_errors
 from romer.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MoE LLMs on simulated analog CIM hardware.")
@@ -21,20 +21,10 @@ app.add_typer(noise_app, name="noise")
 console = Console()
 
 
-def user_errors(command):
-    """Turn a user mistake into a one-line error and exit status 2 (no traceback)."""
+def _register_command_modules() -> None:
+    from romer.cli_calibrate import calibrate_command
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from romer.models.view import UnsupportedModelError
-
-        try:
-            return command(*args, **kwargs)
-        except (UserError, UnsupportedModelError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+    app.command("calibrate")(calibrate_command)
 
 
 def _check_window(window: int) -> None:
@@ -94,9 +84,13 @@ def eval_command(
     """Perplexity on a corpus split (token PPL, word PPL, bits per byte), clean or over simulated chips."""
     from romer.data import load_text
     from romer.eval import perplexity
-    from romer.models import load_model
+    from romer import load
+    from romer.calibrate.folder import is_calibrated
 
     _check_window(window)
+    if preset is not None and is_calibrated(model):
+        raise UserError(f"{model} is a calibrated model that already holds its chip's read-back weights; "
+                        "evaluate it without --preset")
     text = load_text(split)
     chip = None
     if preset is not None:
@@ -105,7 +99,7 @@ def eval_command(
         chip = _chip(preset, placement, mapping, seed, t, settings)
     elif settings:
         raise UserError("--set needs --preset")
-    lm, tokenizer = load_model(model)
+    lm, tokenizer = load(model)
     payload = {"model": model, "split": split, "window": window}
     table = Table(title=f"{model} on {split}" + (f", {preset} chips at t = {t:g} s" if chip else ", clean"))
     if chip is None:
@@ -376,3 +370,6 @@ def noise_sensitivity(
 
 if __name__ == "__main__":
     app()
+
+
+_register_command_modules()

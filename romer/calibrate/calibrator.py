@@ -108,18 +108,7 @@ class Calibrator:
         plan.router = list(fixes.values())
 
         if m.recalibrate is not None:
-            if plan.replacement:  # re-observe the replaced, programmed model
-                with apply(model, fit_chip, plan):
-                    noisy_now = observe(model, windows, batch, keep_logits=True)
-            else:
-                noisy_now = noisy
-            for layer, n_rec, c_rec in zip(layers, noisy_now.record, clean.record):
-                fix = fixes[layer.index]
-                if m.recalibrate.mode == "token":
-                    recal.fit_token(noisy_now.token_scale(layer.index, m.recalibrate.p),
-                                    clean.token_scale(layer.index, m.recalibrate.p), m.recalibrate, fix)
-                else:
-                    recal.FITTERS[m.recalibrate.mode](n_rec, c_rec, m.recalibrate, fix)
+            self._recalibrate(model, windows, fit_chip, plan, fixes, clean, noisy)
         if m.balance is not None:
             for layer in layers:
                 fix = fixes[layer.index]
@@ -129,3 +118,32 @@ class Calibrator:
         plan.stats = {**stats, "cv_noisy_mean": statistics.fmean(stats["cv_noisy"]),
                       "cv_clean_mean": statistics.fmean(stats["cv_clean"])}
         return plan
+
+    def _recalibrate(self, model, windows, fit_chip, plan, fixes, clean: Observation, noisy: Observation) -> None:
+        """Fit every layer's router correction on the replaced, programmed model (ROMER order); sequentially,
+        each layer sees the earlier layers already corrected."""
+        config, batch = self.method.recalibrate, self.method.calibration.batch_size
+        layers = moe_layers(model)
+        keep_logits = config.mode == "token"
+
+        def fit_layer(position: int, layer, observed: Observation) -> None:
+            fix = fixes[layer.index]
+            if config.mode == "token":
+                recal.fit_token(observed.token_scale(layer.index, config.p),
+                                clean.token_scale(layer.index, config.p), config, fix)
+            else:
+                recal.FITTERS[config.mode](observed.record.layers[position], clean.record.layers[position],
+                                           config, fix)
+
+        if not config.sequential:
+            if plan.replacement:
+                with apply(model, fit_chip, plan):
+                    noisy = observe(model, windows, batch, keep_logits=True)
+            for position, layer in enumerate(layers):
+                fit_layer(position, layer, noisy)
+            return
+        for layer in layers:  # identity placeholders, so that every router is hooked and can be filled in place
+            fixes[layer.index].scale, fixes[layer.index].offset = [1.0] * layer.num_experts, [0.0] * layer.num_experts
+        with apply(model, fit_chip, plan):
+            for position, layer in enumerate(layers):
+                fit_layer(position, layer, observe(model, windows, batch, keep_logits=keep_logits))

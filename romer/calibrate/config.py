@@ -51,6 +51,8 @@ class RecalibrateConfig(_Strict):
     shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token.
     reference "clean": each expert's own clean percentiles; "average": the expert-average of them (forces balance).
     apply_to: the corrected logits choose the experts only, or also give the gate weights.
+    sequential: one calibration pass per MoE layer, so that each layer is fitted on the hidden states the
+    corrected earlier layers produce (L passes instead of one).
     """
 
     mode: Literal["quantile", "shift", "token"] = "quantile"
@@ -58,6 +60,7 @@ class RecalibrateConfig(_Strict):
     p: float = Field(95.0, gt=0, le=100)
     reference: Literal["clean", "average"] = "clean"
     apply_to: Literal["selection", "selection+gates"] = "selection+gates"
+    sequential: bool = False  # fit layer by layer, each on the model with the earlier layers already corrected
 
     @model_validator(mode="after")
     def _check(self) -> "RecalibrateConfig":
@@ -133,3 +136,30 @@ def default_methods() -> list[MethodConfig]:
         method("maxnn-12.5% experts", "maxnn", maxnn={"attention": False}),
         method("maxnn attention", "maxnn", maxnn={"experts": False}),
     ]
+
+
+def ablation_methods() -> list[MethodConfig]:
+    """ROMER's knobs one at a time around the defaults (README, "Ablations"), with the baselines they are read
+    against. Router analog vs digital is the experiment config's placement axis, not a method."""
+    methods = [method("clean", "clean"), method("noisy", "noisy"), method("oracle routing", "oracle")]
+    for variant in VARIANTS:
+        for ratio in (1 / 16, 1 / 8, 1 / 4):
+            label = f"{variant} r={ratio * 16:g}/16"
+            methods.append(method(label, "replace", replace={"variant": variant, "ratio": ratio}))
+            methods.append(method(f"random {label}", "replace",
+                                  replace={"variant": variant, "ratio": ratio, "select": "random"}))
+    methods.append(method("replica r=1/16, clean frequencies", "replace", replace={"frequencies": "clean"}))
+    for p in (75, 90, 95, 99):
+        methods.append(method(f"P1 ({100 - p:g}, {p:g})", "recalibrate", recalibrate={"percentiles": (100 - p, p)}))
+    methods.append(method("P1 (5, 95) selection only", "recalibrate", recalibrate={"apply_to": "selection"}))
+    methods.append(method("P1 (5, 95) expert-average reference", "recalibrate", recalibrate={"reference": "average"}))
+    for p in (50, 90, 95, 99):
+        methods.append(method(f"P2 p={p:g}", "recalibrate", recalibrate={"mode": "shift", "p": p}))
+        methods.append(method(f"P3 p={p:g}", "recalibrate", recalibrate={"mode": "token", "p": p}))
+    for sequences in (8, 16, 32, 128, 256):
+        methods.append(method(f"P1 (5, 95), {sequences} calibration windows", "recalibrate",
+                              calibration={"sequences": sequences}))
+    methods.append(method("P1 (5, 95) fitted on another chip", "recalibrate", fit_seed_offset=1000))
+    methods.append(method("romer fitted on another chip", "romer", fit_seed_offset=1000))
+    methods.append(method("romer", "romer"))
+    return methods

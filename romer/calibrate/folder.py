@@ -1,0 +1,58 @@
+"""Calibrated model folders: the chip's read-back weights (replicas and digital parts included), the tokenizer,
+and ``plan.json``. ``load_calibrated`` (= ``romer.load``) reloads one with its routing corrections installed.
+
+Plain ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` loads the same weights as they are: that is
+the whole calibrated model when the plan does not change routing (``plan.changes_routing`` false: noisy,
+prune-duplicate replacement, MaxNN); for plans with router corrections, masks or splits it misses the digital
+routing stage, so use ``romer.load``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from romer.calibrate.apply import apply
+from romer.calibrate.plan import Plan
+from romer.errors import UserError
+from romer.models.loading import load_model
+from romer.noise.chip import Chip
+
+PLAN_FILE = "plan.json"
+
+
+def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: str | Path) -> Path:
+    """Write ``model`` running ``plan`` on ``chip`` to the folder ``out`` (built in a temporary sibling folder,
+    then renamed into place, so a failure never leaves a half-written folder). ``out`` must not exist."""
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with apply(model, chip, plan):
+            model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        plan.save(staging / PLAN_FILE)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def is_calibrated(folder: str | Path) -> bool:
+    return (Path(folder) / PLAN_FILE).is_file()
+
+
+def load_calibrated(name_or_folder: str | Path):
+    """``(model, tokenizer)``; a calibrated folder comes with its plan's routing corrections installed (they stay
+    for the model's lifetime). Any other model loads as ``romer.models.load_model`` does."""
+    model, tokenizer = load_model(name_or_folder)
+    if is_calibrated(name_or_folder):
+        plan = Plan.load(Path(name_or_folder) / PLAN_FILE)
+        model._romer_plan = apply(model, None, plan)
+    return model, tokenizer
