@@ -18,7 +18,7 @@ from romer.calibrate import Calibrator, MethodConfig, Plan, apply, observe, plan
 from romer.calibrate.calibrator import Observation, observe_chip
 from romer.calibrate.config import CalibrationData
 from romer.calibrate.data import calibration_windows
-from romer.data import load_text
+from romer.data import load_documents
 from romer.eval import perplexity
 from romer.eval.perplexity import PerplexityResult
 from romer.models.loading import load_model
@@ -27,6 +27,17 @@ from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, rec
 from romer.routing.stats import coefficient_of_variation
 
 DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8}
+
+
+EVAL_ORDER_SEED = 0
+
+
+def evaluation_text(split: str) -> str:
+    """The split's documents in a fixed shuffled order (seed 0), joined by blank lines: any prefix mixes the
+    corpus's sources (the split files list all Austen chapters first), so a token-capped slice is representative."""
+    documents = load_documents(split)
+    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)).tolist()
+    return "\n\n".join(documents[i].text for i in order)
 
 
 def text_slice(tokenizer, text: str, max_tokens: int | None) -> str:
@@ -78,7 +89,7 @@ class Evaluator:
     def eval_text(self, name: str, spec: dict) -> str:
         _, tokenizer = self.model(name)
         return self._memo(("text", name, spec["split"], spec.get("max_tokens")),
-                          lambda: text_slice(tokenizer, load_text(spec["split"]), spec.get("max_tokens")))
+                          lambda: text_slice(tokenizer, evaluation_text(spec["split"]), spec.get("max_tokens")))
 
     def clean(self, name: str, spec: dict):
         """(captured clean routing with its PPL, clean routing record) on the evaluation text."""
