@@ -23,8 +23,11 @@ console = Console()
 
 def _register_command_modules() -> None:
     from romer.cli_calibrate import calibrate_command
+    from romer.cli_experiment import report_command, run_command
 
+    app.command("run")(run_command)
     app.command("calibrate")(calibrate_command)
+    app.command("report")(report_command)
 
 
 def _check_window(window: int) -> None:
@@ -187,57 +190,6 @@ def stats_command(
         from romer.io import write_json_atomic
 
         write_json_atomic(json_path, {"model": model, "split": split, "max_chars": max_chars, **result})
-
-
-@app.command("run")
-@user_errors
-def run_command(
-    models: Optional[list[str]] = typer.Option(None, "--model", help="Models to run (default: the whole zoo)."),
-    split: str = typer.Option("test", help="Corpus split to evaluate on."),
-    window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
-    chips: int = typer.Option(3, help="Default-chip seeds to evaluate (0 = clean only)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all results as JSON here."),
-):
-    """The main job on the bundled default: clean PPL and expert usage of every zoo model, and its PPL on the
-    default simulated chip (PCM ×10 at t = 1 day, MoE blocks analog)."""
-    from romer.data import load_text
-    from romer.experiment.clean import clean_report
-    from romer.experiment.noisy import noisy_perplexity
-    from romer.models import load_model, zoo_names
-    from romer.noise.chip import default_chip
-
-    _check_window(window)
-    if chips < 0:
-        raise UserError(f"--chips must be ≥ 0, got {chips}")
-    text = load_text(split)
-    reports = []
-    for name in models or zoo_names():
-        model, tokenizer = load_model(name)
-        report = clean_report(model, tokenizer, name, split=split, window=window, progress=True)
-        if chips:
-            report["default_chip"] = noisy_perplexity(model, tokenizer, text, default_chip(), chips, window=window,
-                                                      progress=True)
-        reports.append(report)
-    summary = Table(title=f"Perplexity on the {split} split (window {window})")
-    for column in ("model", "class", "params total / active", "experts", "top-k", "shared", "tokens", "PPL clean",
-                   "word PPL", "bits/byte", "mean CV of f", f"PPL default chip ({chips} chips)"):
-        summary.add_column(column, justify="right")
-    for r in reports:
-        params = r["parameters"]
-        mean_cv = sum(u["cv"] for u in r["usage"]) / len(r["usage"])
-        chip = r.get("default_chip")
-        noisy = (f"{chip['ppl_mean']:.2f} ± {chip['ppl_std']:.2f} (+{100 * (chip['ppl_mean'] / r['ppl'] - 1):.1f} %)"
-                 if chip else "—")
-        summary.add_row(r["model"], r["class"], f"{params['total'] / 1e6:.1f}M / {params['active'] / 1e6:.1f}M",
-                        str(r["experts"]), str(r["top_k"]), str(r["shared_experts"]), str(r["tokens"]),
-                        f"{r['ppl']:.2f}", f"{r['word_ppl']:.2f}", f"{r['bits_per_byte']:.4f}", f"{mean_cv:.3f}", noisy)
-    console.print(summary)
-    for r in reports:
-        console.print(_usage_table(f"{r['model']}: expert usage per MoE layer (f = share of tokens)", r["usage"]))
-    if json_path is not None:
-        from romer.io import write_json_atomic
-
-        write_json_atomic(json_path, reports)
 
 
 @zoo_app.command("list")

@@ -1,7 +1,6 @@
 """ROMER calibration: the routing rule reproduces every family's router, zero noise is the identity, percentile
 matching lands on the reference, replacement variants do what they say, plans round-trip exactly."""
 
-import copy
 import json
 
 import pytest

@@ -64,16 +64,47 @@ def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
     assert payload["word_ppl"] > payload["ppl"]  # a word spans more than one token
 
 
-def test_run_reports_perplexity_and_usage(folder, tmp_path):
-    out = tmp_path / "run.json"
-    result = runner.invoke(app, ["run", "--model", str(folder), "--split", "validation", "--window", "256", "--chips", "2",
-                                 "--json", str(out)])
+def test_run_scores_methods_on_the_same_chips_and_resumes(folder, tmp_path):
+    """The real evaluator end to end on a tiny checkpoint: clean ≤ noisy, every method on both chips, JSON rows
+    as documented; a second run finds every trial in the store and computes nothing."""
+    out, js = tmp_path / "run", tmp_path / "rows.json"
+    args = ["run", "--out", str(out), "--json", str(js), "--set", f"models=[{folder}]", "--set", "chip.chips=2",
+            "--set", "eval.max_tokens=600", "--set", "eval.window=128", "--set", "calibration.sequences=4",
+            "--set", "calibration.window=128", "--set", "methods=[clean,noisy,romer,maxnn-12.5%]"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    (report,) = json.loads(out.read_text())
-    assert report["experts"] == 8 and report["top_k"] == 2 and len(report["usage"]) == 2
-    assert report["parameters"]["active"] < report["parameters"]["total"]
-    assert report["default_chip"]["chips"] == 2 and report["default_chip"]["chip"]["placement"] == "moe"
-    assert "CV of f" in result.output and "cold experts" in result.output
+    payload = json.loads(js.read_text())
+    rows = {row["method"]: row for row in payload["rows"]}
+    assert set(rows) == {"clean", "noisy", "romer", "maxnn-12.5%"}
+    assert all(row["chips"] == 2 for row in rows.values())
+    assert {"model", "method", "preset", "t", "chips", "ppl_mean", "ppl_std", "reduction_pct", "gap_recovered_pct",
+            "cv_mean", "digital_share"} <= set(rows["romer"])
+    assert rows["clean"]["ppl_std"] == 0 and rows["noisy"]["reduction_pct"] == 0
+    assert rows["maxnn-12.5%"]["digital_share"] > 0 and rows["romer"]["digital_share"] == 0
+    assert (out / "report.html").exists() and (out / "results.md").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(js.read_text())["rows"] == payload["rows"]
+
+
+def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
+    out = tmp_path / "calibrated"
+    result = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out), "--sequences", "4",
+                                 "--with", "calibration.window=64", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["method"]["kind"] == "romer" and plan["chip"]["seed"] == 1 and plan["replacement"]
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    js = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", "--model", str(out), "--split", "validation", "--window", "128",
+                                 "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["ppl"] > 1
+    again = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(tmp_path / "x"),
+                              "--with", "replace.variant=bogus"])
+    assert bad.exit_code == 2 and "replace.variant" in bad.output and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -81,6 +112,9 @@ def test_run_reports_perplexity_and_usage(folder, tmp_path):
     (["eval", "--model", "{folder}", "--split", "dev"], "unknown split 'dev'"),
     (["eval", "--model", "{folder}", "--window", "1"], "--window must be at least 2"),
     (["zoo", "train", "gpt-5"], "unknown zoo model 'gpt-5'"),
+    (["run", "--set", "chip.chips=0"], "chip.chips"),
+    (["run", "--set", "eval.bogus=1"], "bogus"),
+    (["calibrate", "--model", "{folder}", "--out", "{folder}/c", "--method", "magic"], "unknown --method"),
 ])
 def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, message):
     out = tmp_path / "never.json"

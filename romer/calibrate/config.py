@@ -56,7 +56,7 @@ class RecalibrateConfig(_Strict):
     """
 
     mode: Literal["quantile", "shift", "token"] = "quantile"
-    percentiles: tuple[float, float] = (5.0, 95.0)
+    percentiles: tuple[float, float] = (1.0, 99.0)
     p: float = Field(95.0, gt=0, le=100)
     reference: Literal["clean", "average"] = "clean"
     apply_to: Literal["selection", "selection+gates"] = "selection+gates"
@@ -140,26 +140,29 @@ def default_methods() -> list[MethodConfig]:
 
 def ablation_methods() -> list[MethodConfig]:
     """ROMER's knobs one at a time around the defaults (README, "Ablations"), with the baselines they are read
-    against. Router analog vs digital is the experiment config's placement axis, not a method."""
-    methods = [method("clean", "clean"), method("noisy", "noisy"), method("oracle routing", "oracle")]
+    against. Router analog vs digital is the experiment config's placement axis (bundled config
+    ``router-digital``), not a method."""
+    methods = [method("clean", "clean"), method("noisy", "noisy"), method("oracle routing", "oracle"),
+               method("romer", "romer")]
     for variant in VARIANTS:
-        for ratio in (1 / 16, 1 / 8, 1 / 4):
+        for ratio in ((1 / 16, 1 / 8, 1 / 4) if variant == "replica" else (1 / 16, 1 / 8)):
             label = f"{variant} r={ratio * 16:g}/16"
             methods.append(method(label, "replace", replace={"variant": variant, "ratio": ratio}))
             methods.append(method(f"random {label}", "replace",
                                   replace={"variant": variant, "ratio": ratio, "select": "random"}))
+    methods.append(method("replica τ=0.1", "replace", replace={"threshold": 0.1}))
     methods.append(method("replica r=1/16, clean frequencies", "replace", replace={"frequencies": "clean"}))
     for p in (75, 90, 95, 99):
         methods.append(method(f"P1 ({100 - p:g}, {p:g})", "recalibrate", recalibrate={"percentiles": (100 - p, p)}))
-    methods.append(method("P1 (5, 95) selection only", "recalibrate", recalibrate={"apply_to": "selection"}))
-    methods.append(method("P1 (5, 95) expert-average reference", "recalibrate", recalibrate={"reference": "average"}))
-    for p in (50, 90, 95, 99):
+    methods.append(method("P1 (1, 99) selection only", "recalibrate", recalibrate={"apply_to": "selection"}))
+    methods.append(method("P1 (1, 99) expert-average reference", "recalibrate", recalibrate={"reference": "average"}))
+    methods.append(method("P1 (1, 99) sequential", "recalibrate", recalibrate={"sequential": True}))
+    for p in (50, 95):
         methods.append(method(f"P2 p={p:g}", "recalibrate", recalibrate={"mode": "shift", "p": p}))
         methods.append(method(f"P3 p={p:g}", "recalibrate", recalibrate={"mode": "token", "p": p}))
-    for sequences in (8, 16, 32, 128, 256):
-        methods.append(method(f"P1 (5, 95), {sequences} calibration windows", "recalibrate",
+    for sequences in (8, 16, 32, 128):
+        methods.append(method(f"P1 (1, 99), {sequences} calibration windows", "recalibrate",
                               calibration={"sequences": sequences}))
-    methods.append(method("P1 (5, 95) fitted on another chip", "recalibrate", fit_seed_offset=1000))
+    methods.append(method("P1 (1, 99) fitted on another chip", "recalibrate", fit_seed_offset=1000))
     methods.append(method("romer fitted on another chip", "romer", fit_seed_offset=1000))
-    methods.append(method("romer", "romer"))
     return methods

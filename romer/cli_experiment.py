@@ -1,0 +1,120 @@
+"""`romer run` (an experiment config → results store → report) and `romer report` (a store → report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from romer.cli_errors import user_errors
+from romer.errors import UserError
+
+console = Console()
+
+
+def results_table(rows: list[dict], title: str) -> Table:
+    """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval); preset,
+    t and placement go into the title when they take one value only."""
+    from romer.report.tables import HEADER, cells
+
+    constant = {i for i in (1, 2, 3) if len({cells(r)[i] for r in rows}) == 1}
+    shown = [i for i in range(len(HEADER)) if i not in constant and HEADER[i] != "95 % interval"]
+    if rows and constant:
+        title += " (" + ", ".join(f"{HEADER[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
+    table = Table(title=title)
+    for i in shown:
+        table.add_column(HEADER[i], justify="right" if i >= 5 else "left")
+    for row in rows:
+        values = cells(row)
+        table.add_row(*(values[i] for i in shown))
+    return table
+
+
+def _check_models(models: list[str]) -> None:
+    """Refuse a model that is neither a trained zoo model nor a local folder before any work starts."""
+    from romer.models import resolve_model_dir
+
+    for name in models:
+        resolve_model_dir(name)
+
+
+def _print_report(report, out: Path) -> None:
+    console.print(results_table(report.rows, report.title))
+    console.print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
+                  f"{len(report.plots)} plots in {out / 'plots'})", highlight=False)
+
+
+@user_errors
+def run_command(
+    config: Optional[str] = typer.Argument(None, help="Bundled config (default, ablations) or a YAML file; "
+                                                      "without it: default."),
+    settings: list[str] = typer.Option([], "--set", help="Config override KEY.SUB=VALUE (YAML value), e.g. "
+                                                          "chip.chips=2 or models=[olmoe-tiny]."),
+    full: bool = typer.Option(False, "--full", help="Evaluate on the whole split (eval.max_tokens = null)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/CONFIG-NAME)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Results store (default OUT/results.sqlite); "
+                                                               "trials already in it are skipped."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON here."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local or ray (default: the config's run.backend)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local cluster)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers (default: the config's run.workers)."),
+    evaluator: Optional[str] = typer.Option(None, "--evaluator", hidden=True,
+                                            help="module:callable scoring a trial group (tests)."),
+):
+    """Run an experiment (models × presets × placements × t × chips × methods), resumably: every trial is stored
+    as soon as it is done and a rerun skips stored trials; then write the report (tables, plots, HTML)."""
+    from romer.experiment.config import load_config
+    from romer.experiment.runner import run_experiment
+    from romer.experiment.store import ResultsStore
+    from romer.io import write_text_atomic
+    from romer.report import write_report
+    from romer.report.tables import to_json
+
+    cfg = load_config(config or "default", [*settings, *(["eval.max_tokens=null"] if full else [])])
+    backend = backend or cfg.run.backend
+    if backend not in ("local", "ray"):
+        raise UserError(f"--backend must be local or ray, got {backend!r}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    out = out or Path(cfg.run.out or Path("runs") / cfg.name)
+    store = store or Path(cfg.run.store or out / "results.sqlite")
+    if evaluator is None:
+        _check_models(cfg.models)
+    chips = len(cfg.groups()) // len(cfg.models)
+    console.print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
+                  f"{len(cfg.methods)} methods), config {cfg.config_hash[:12]}, store {store}", highlight=False)
+    try:
+        summary = run_experiment(cfg, store, evaluator=evaluator, backend=backend,
+                                 address=address or cfg.run.address, workers=workers or cfg.run.workers)
+    except KeyboardInterrupt:
+        with ResultsStore(store) as opened:
+            done = opened.count(cfg.config_hash)
+        console.print(f"interrupted: {done} of {cfg.trial_count()} trials are stored in {store}; run the same "
+                      "command again to continue", highlight=False)
+        raise typer.Exit(130) from None
+    console.print(f"{summary.computed} trials computed, {summary.skipped} already stored, "
+                  f"{summary.seconds:.1f} s", highlight=False)
+    report = write_report(store, out, cfg.config_hash)
+    _print_report(report, out)
+    if json_path is not None:
+        write_text_atomic(json_path, to_json(report.rows, report.config, report.config_hash, report.git,
+                                             report.versions))
+
+
+@user_errors
+def report_command(
+    store: Path = typer.Argument(..., help="A results store (results.sqlite) or the run folder holding it."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the store's folder)."),
+    config_hash: Optional[str] = typer.Option(None, "--config", help="Config hash to report (default: the config "
+                                                                     "of the latest stored trial)."),
+):
+    """Tables (markdown, CSV, JSON), plots (PNG) and one HTML page from a results store alone."""
+    from romer.report import resolve_store, write_report
+
+    path = resolve_store(store)
+    out = out or path.parent
+    report = write_report(path, out, config_hash)
+    _print_report(report, out)

@@ -1,0 +1,425 @@
+"""Experiment configs: models × noise presets × placements × inference times × chips × methods, as validated data.
+
+An ``ExperimentConfig`` is read from YAML (a bundled name such as ``default`` or a file) with ``--set key=value``
+overrides; unknown keys are rejected and every mistake is one line (:class:`UserError`). ``groups()`` expands it
+into :class:`TrialGroup` s — one (model, chip) pair each, scored with every method on that same chip — and each
+(group, method) is one trial with a stable key, the unit the results store records and a rerun skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from romer.calibrate.config import CalibrationData, MethodConfig, ablation_methods, default_methods
+from romer.errors import UserError
+from romer.noise.chip import DEFAULT_CHIP, Chip
+from romer.noise.placement import parse_placement
+from romer.noise.presets import NoisePreset, get_preset
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ZOO_MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+METHOD_LISTS = {"default": default_methods, "ablations": ablation_methods}
+NOT_HASHED = {"name", "run"}  # labels and where/how it runs, not what is measured
+
+
+def canonical_json(payload: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8: the same data always gives the same string (and hash)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256(payload: Any) -> str:
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def _unique(values: list, what: str) -> list:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{what} {v!r} appears twice")
+        seen.add(v)
+    return values
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoiseSpec(_Strict):
+    """One noise model: a preset name (pcm, hermes, reram, gaussian, gaussian-mult) or a preset YAML file (e.g.
+    from ``romer chip fit``), its constants overridden, and the label that names it in tables."""
+
+    preset: str = Field(min_length=1)
+    overrides: dict[str, Any] = {}
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "NoiseSpec":
+        preset = get_preset(self.preset, **self.overrides)  # UserError for an unknown preset or constant
+        object.__setattr__(self, "overrides", {k: getattr(preset, k) for k in sorted(self.overrides)})
+        return self
+
+    @cached_property
+    def resolved(self) -> NoisePreset:
+        return get_preset(self.preset, **self.overrides)
+
+    @property
+    def name(self) -> str:
+        return noise_label(self.preset, self.overrides, self.label)
+
+
+def noise_label(preset: str, overrides: dict, label: str | None = None) -> str:
+    """A noise spec's name in tables: its label, else the preset (file stem) with its overrides."""
+    if label:
+        return label
+    base = Path(preset).stem if preset.endswith((".yaml", ".yml", ".json")) else preset
+    knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items())
+    return f"{base} ({knobs})" if knobs else base
+
+
+DEFAULT_NOISE = NoiseSpec(preset=DEFAULT_CHIP["preset"], label="pcm×10",
+                          overrides={k: v for k, v in DEFAULT_CHIP.items() if k.endswith("_scale")})
+
+
+class ChipSettings(_Strict):
+    """The simulated chips: every preset × placement × inference time (s after programming), each on ``chips``
+    chips with seeds seed … seed + chips − 1 (the same seeds everywhere, so settings are paired)."""
+
+    presets: list[NoiseSpec] = Field([DEFAULT_NOISE], min_length=1)
+    placements: list[str] = Field([DEFAULT_CHIP["placement"]], min_length=1)
+    mapping: Literal["expert", "channel", "tile", "tensor"] = DEFAULT_CHIP["mapping"]
+    t_inference: list[float] = Field([DEFAULT_CHIP["t_inference"]], min_length=1)
+    chips: int = Field(5, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("presets", "placements", "t_inference", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return [value] if isinstance(value, (str, int, float, dict)) else value
+
+    @field_validator("presets", mode="before")
+    @classmethod
+    def _named(cls, value):
+        return [{"preset": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("placements")
+    @classmethod
+    def _placements(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_placement(spec)
+        return _unique(value, "placement")
+
+    @field_validator("t_inference")
+    @classmethod
+    def _times(cls, value: list[float]) -> list[float]:
+        if any(t < 0 for t in value):
+            raise ValueError(f"inference times must be ≥ 0 s, got {value}")
+        return _unique(value, "inference time")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChipSettings":
+        _unique([p.name for p in self.presets], "preset label")
+        for spec in self.presets:
+            late = [t for t in self.t_inference if t > spec.resolved.max_t_inference]
+            if late:
+                raise ValueError(f"preset {spec.name} has device data up to t = {spec.resolved.max_t_inference:g} s "
+                                 f"only, got t_inference {late[0]:g}")
+        return self
+
+
+class EvalSettings(_Strict):
+    """Perplexity on the first ``max_tokens`` tokens of ``split`` (None: the whole split) in windows of ``window``
+    tokens (BOS included), ``batch_size`` windows per forward pass."""
+
+    split: Literal["train", "validation", "test"] = "test"
+    max_tokens: int | None = Field(16384, ge=1)
+    window: int = Field(512, ge=2)
+    batch_size: int = Field(8, ge=1)
+
+
+class RunSettings(_Strict):
+    """Where and how it runs (not part of the config hash): output folder, store, backend, Ray address/workers."""
+
+    out: str | None = None
+    store: str | None = None
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment. ``methods`` is a list of method configs or names from the default / ablation lists, or
+    one of the words ``default`` / ``ablations``; the experiment's ``calibration`` fills every method's calibration
+    options the method does not set itself."""
+
+    name: str = Field("experiment", min_length=1)
+    models: list[str] = Field(list(ZOO_MODELS), min_length=1)
+    chip: ChipSettings = ChipSettings()
+    methods: list[MethodConfig] = Field(default_factory=default_methods, min_length=1)
+    eval: EvalSettings = EvalSettings()
+    calibration: CalibrationData = CalibrationData()
+    run: RunSettings = RunSettings()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        return _unique(value, "model")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value):
+        if isinstance(value, str):
+            if value not in METHOD_LISTS:
+                raise ValueError(f"unknown method list {value!r}; use {' or '.join(METHOD_LISTS)}, or a list")
+            return METHOD_LISTS[value]()
+        if not isinstance(value, list):
+            return value
+        catalog = {m.name: m for make in reversed(list(METHOD_LISTS.values())) for m in make()}
+        out = []
+        for item in value:
+            if isinstance(item, str):
+                if item not in catalog:
+                    raise ValueError(f"unknown method {item!r}; give its options (name, kind, …) or one of the "
+                                     f"default methods: {', '.join(m.name for m in default_methods())}")
+                item = catalog[item]
+            out.append(item)
+        return out
+
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, value: list[MethodConfig]) -> list[MethodConfig]:
+        _unique([m.name for m in value], "method name")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_calibration(self) -> "ExperimentConfig":
+        base = self.calibration.model_dump()
+        filled = []
+        for m in self.methods:
+            own = m.calibration
+            data = CalibrationData(**{**base, **{k: getattr(own, k) for k in own.model_fields_set}})
+            filled.append(m.model_copy(update={"calibration": data}))
+        object.__setattr__(self, "methods", filled)
+        return self
+
+    # --- derived ------------------------------------------------------------------------------------------
+
+    def canonical(self) -> dict:
+        """The hashed content: everything but labels and run options, with each preset resolved to its constants
+        (so a preset file's content counts, not its path)."""
+        payload = self.model_dump(mode="json", exclude=NOT_HASHED)
+        for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
+            entry["resolved"] = spec.resolved.to_dict()
+        return payload
+
+    @cached_property
+    def config_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`canonical`."""
+        return sha256(self.canonical())
+
+    def groups(self) -> list["TrialGroup"]:
+        """models × presets × placements × inference times × chip seeds, in that order; every group holds every
+        method."""
+        methods = tuple(m.model_dump(mode="json") for m in self.methods)
+        eval_spec = self.eval.model_dump(mode="json")
+        calibration = self.calibration.model_dump(mode="json")
+        c = self.chip
+        out = []
+        for model in self.models:
+            for spec in c.presets:
+                for placement in c.placements:
+                    for t in c.t_inference:
+                        for seed in range(c.seed, c.seed + c.chips):
+                            chip = Chip(spec.resolved, placement, c.mapping, seed, t)
+                            out.append(TrialGroup(model, chip.to_dict(), methods, eval_spec, calibration,
+                                                  self.config_hash, spec.name))
+        return out
+
+    def trial_count(self) -> int:
+        c = self.chip
+        return (len(self.models) * len(c.presets) * len(c.placements) * len(c.t_inference) * c.chips
+                * len(self.methods))
+
+
+@dataclass(frozen=True)
+class TrialGroup:
+    """One (model, chip) pair scored with several methods on that same chip.
+
+    chip: ``Chip.to_dict()`` (preset constants, placement, mapping, seed, t_inference in s); methods:
+    ``MethodConfig.model_dump`` dicts; eval: split, max_tokens, window, batch_size; calibration: the experiment's
+    calibration data; preset_label: the preset's name in tables.
+    """
+
+    model: str
+    chip: dict
+    methods: tuple
+    eval: dict
+    calibration: dict
+    config_hash: str
+    preset_label: str = ""
+
+    @property
+    def preset(self) -> str:
+        return self.preset_label or self.chip["preset"]["name"]
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m["name"] for m in self.methods]
+
+    def trial_key(self, method: str) -> str:
+        """SHA-256 of (config hash, model, preset, t, chip seed, placement, method name)."""
+        return sha256([self.config_hash, self.model, self.preset, self.chip["t_inference"], self.chip["seed"],
+                       self.chip["placement"], method])
+
+    def trial_keys(self) -> dict[str, str]:
+        """Method name → trial key, in the group's method order."""
+        return {name: self.trial_key(name) for name in self.method_names}
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path_or_name: str | Path) -> Path:
+    """A bundled config name (``default``, ``ablations``) or a YAML file → its path (UserError if neither)."""
+    text = str(path_or_name)
+    if text in bundled_configs():
+        return CONFIG_DIR / f"{text}.yaml"
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise UserError(f"no config {text!r}: neither a bundled config ({', '.join(bundled_configs())}) nor a file")
+    return path
+
+
+def load_config(path_or_name: str | Path = "default", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config (bundled name or file), apply ``key.sub=value`` overrides (values parsed as YAML, e.g.
+    ``eval.max_tokens=null``, ``chip.t_inference=[1, 3600]``) and validate; UserError with one line otherwise."""
+    path = resolve_config_path(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config {path.name}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"config {path.name}: expected a mapping of settings at the top, got {type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item)
+    return validate_config(data, path.name)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set ``key.sub=value`` in ``data`` in place (integer parts index lists); the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not sep or not all(parts):
+        raise UserError(f"--set takes KEY.SUB=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"--set {item!r}: {'.'.join(parts[:i]) or 'top'} is a list of {len(node)}; "
+                                f"{part!r} is not an index of it")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {'.'.join(parts[:i])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def validate_config(data: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"config {source}: {describe_error(exc, data)}") from None
+    except UserError as exc:
+        raise UserError(f"config {source}: {exc}") from None
+
+
+_BOUNDS = {"greater_than_equal": ("ge", "≥"), "greater_than": ("gt", ">"), "less_than_equal": ("le", "≤"),
+           "less_than": ("lt", "<")}
+
+
+def describe_error(exc: ValidationError, data: Any) -> str:
+    """The first validation error as one readable line (``eval.window: must be ≥ 2 (got 1)``)."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    loc = _data_path(error["loc"], data, keep_last=error["type"] in ("missing", "extra_forbidden"))
+    where = _format_loc(loc)
+    kind, ctx = error["type"], error.get("ctx") or {}
+    got = _short(error.get("input"))
+    if kind == "extra_forbidden":
+        parent = _format_loc(loc[:-1])
+        message = f"unknown key {loc[-1]!r}" + (f" in {parent}" if parent else "")
+    elif kind == "missing":
+        message = f"{where}: required"
+    elif kind in _BOUNDS:
+        bound, sign = _BOUNDS[kind]
+        message = f"{where}: must be {sign} {ctx.get(bound)} (got {got})"
+    else:
+        text = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        text = text.replace("Input should be", "must be", 1)
+        text = re.sub(r"a valid dictionary or instance of \w+", "a mapping of settings", text)
+        if kind == "too_short":
+            text = "must not be empty"
+        if kind in ("too_short", "value_error"):
+            message = f"{where}: {text}" if where else text
+        else:
+            message = f"{where}: {text} (got {got})" if where else f"{text} (got {got})"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
+
+
+def _data_path(loc: tuple, data: Any, keep_last: bool) -> list:
+    """The parts of a pydantic error location that exist in the input (drops union / validator tags)."""
+    out, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            out.append(part)
+        else:
+            node = None
+    return out
+
+
+def _format_loc(loc: list) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,189 @@
+"""Run an experiment: every trial not yet in the results store, grouped by (model, chip), locally or on Ray.
+
+The evaluator is any callable ``(TrialGroup, set of method names) → iterator of result dicts`` (one per method,
+``{"method", "ppl", "word_ppl", "bits_per_byte", "tokens", "cv", "cv_before", "digital_share", "plan",
+"seconds", …}``), yielded as soon as each is done; each result is stored in its own transaction at once, so an
+interrupted run loses at most the trial in progress and a rerun skips the stored ones. The default evaluator is
+``romer.experiment.evaluate:evaluate_group``, imported only when needed.
+
+Ray backend: ``ray.init(address)`` (a local cluster of ``workers`` CPUs without dashboard when no address is
+given), one actor per worker holding its own evaluator (models loaded once per actor), one streaming task per
+TrialGroup; the driver writes every result to the store as it arrives (``ray.wait`` loop).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from romer.errors import UserError
+from romer.experiment.config import ExperimentConfig, TrialGroup
+from romer.experiment.store import ResultsStore, provenance
+
+DEFAULT_EVALUATOR = "romer.experiment.evaluate:evaluate_group"
+Evaluator = Callable[[TrialGroup, set], Iterator[dict]]
+
+
+@dataclass
+class RunSummary:
+    """What a run did: trials in the config, already stored before, computed now; wall time in s."""
+
+    config_hash: str
+    store: Path
+    total: int
+    skipped: int
+    computed: int
+    seconds: float
+
+
+def resolve_evaluator(spec: Evaluator | str | None = None) -> Evaluator:
+    """A callable as is; ``"module:name"`` imported (a class is instantiated once, so it can cache models).
+    The default falls back to ``romer.experiment.evaluate:Evaluator`` while ``evaluate_group`` does not exist."""
+    spec = DEFAULT_EVALUATOR if spec is None else spec
+    if callable(spec):
+        return spec
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise UserError(f"evaluator {spec!r}: expected 'module:name'")
+    module = importlib.import_module(module_name)
+    target = getattr(module, attr, None)
+    if target is None and spec == DEFAULT_EVALUATOR:
+        target = getattr(module, "Evaluator", None)
+    if target is None:
+        raise UserError(f"evaluator {spec!r}: {module_name} has no {attr!r}")
+    return target() if isinstance(target, type) else target
+
+
+def pending(config: ExperimentConfig, done: set[str]) -> list[tuple[TrialGroup, set[str]]]:
+    """(group, method names not yet stored) for every group with work left, in the config's order."""
+    out = []
+    for group in config.groups():
+        missing = {name for name, key in group.trial_keys().items() if key not in done}
+        if missing:
+            out.append((group, missing))
+    return out
+
+
+def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: Evaluator | str | None = None,
+                   backend: str = "local", address: str | None = None, workers: int | None = None,
+                   progress: bool = True) -> RunSummary:
+    """Compute and store every trial of ``config`` that ``store_path`` does not hold yet; returns a summary.
+
+    backend "local" runs the groups one after another in this process; "ray" spreads them over Ray workers
+    (``workers`` CPUs of a local cluster, default ``config.run.workers``, or the cluster at ``address``).
+    """
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown backend {backend!r}; choose local or ray")
+    start = time.perf_counter()
+    with ResultsStore(store_path) as store:
+        store.save_config(config.config_hash, config.name, config.model_dump(mode="json"))
+        work = pending(config, store.done_keys(config.config_hash))
+        todo = sum(len(missing) for _, missing in work)
+        total = config.trial_count()
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       disable=not progress, transient=False)
+        task = bar.add_task(f"{config.name}: {total - todo} of {total} trials stored", total=todo)
+        prov = provenance()
+
+        def record(group: TrialGroup, result: dict) -> None:
+            if not isinstance(result, dict) or "method" not in result:
+                raise RuntimeError(f"the evaluator yielded {type(result).__name__} {result!r:.80}, not a result dict "
+                                   "with a 'method' key")
+            store.add(group, result, prov)
+            chip = group.chip
+            bar.update(task, advance=1, description=f"{group.model} · {group.preset} · t = {chip['t_inference']:g} s"
+                                                    f" · chip {chip['seed']} · {result['method']}")
+
+        with bar:
+            if work:
+                if backend == "local":
+                    _run_local(work, resolve_evaluator(evaluator), record)
+                else:
+                    _run_ray(work, evaluator, record, address, workers or config.run.workers)
+    return RunSummary(config.config_hash, Path(store_path), total, total - todo, todo, time.perf_counter() - start)
+
+
+def _check_complete(group: TrialGroup, missing: set[str], seen: set[str]) -> None:
+    left = missing - seen
+    if left:
+        raise RuntimeError(f"the evaluator returned no result for {', '.join(sorted(left))} on {group.model}, "
+                           f"chip seed {group.chip['seed']}")
+
+
+def _run_local(work, evaluate: Evaluator, record) -> None:
+    for group, missing in work:
+        seen = set()
+        for result in evaluate(group, set(missing)):
+            record(group, result)
+            seen.add(result["method"])
+        _check_complete(group, missing, seen)
+
+
+# --- Ray ------------------------------------------------------------------------------------------------------
+
+class _Worker:
+    """A Ray actor: its own evaluator (and so its own loaded models), one streaming task per TrialGroup."""
+
+    def __init__(self, spec):
+        self.evaluate = resolve_evaluator(spec)
+
+    def run(self, group: TrialGroup, missing: set[str]) -> Iterable[dict]:
+        yield from self.evaluate(group, missing)
+
+
+def _ray_init(address: str | None, workers: int):
+    """Import Ray and start (or join) a cluster without dashboard, usage reporting or worker log forwarding;
+    returns (ray module, whether this call started it)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray backend needs Ray: pip install 'romer[ray]'") from None
+    if ray.is_initialized():
+        return ray, False
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address is None:
+        options["num_cpus"] = workers
+    ray.init(address=address, **options)
+    return ray, True
+
+
+def _run_ray(work, evaluator, record, address: str | None, workers: int) -> None:
+    ray, started = _ray_init(address, workers)
+    try:
+        actor_class = ray.remote(num_cpus=1)(_Worker)
+        actors = [actor_class.remote(evaluator) for _ in range(min(workers, len(work)))]
+        queue = list(work)
+        running = {}  # generator → (actor, group, missing, seen)
+
+        def submit(actor) -> None:
+            group, missing = queue.pop(0)
+            running[actor.run.remote(group, missing)] = (actor, group, missing, set())
+
+        for actor in actors:
+            if queue:
+                submit(actor)
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            generator = ready[0]
+            actor, group, missing, seen = running[generator]
+            try:
+                ref = next(generator)
+            except StopIteration:
+                del running[generator]
+                _check_complete(group, missing, seen)
+                if queue:
+                    submit(actor)
+                continue
+            result = ray.get(ref)
+            record(group, result)
+            seen.add(result["method"])
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,76 @@
+"""Result tables as markdown, CSV and JSON (deterministic: same rows → same bytes).
+
+Columns: model, preset, t (s), placement, method, chips, PPL mean ± std over chips, its 95 % interval, PPL reduction
+vs noisy (%), share of the noisy − clean gap recovered (%), load-balance CV before (noisy) → after, digital share of
+the analog weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+CSV_COLUMNS = ("model", "preset", "t", "placement", "method", "kind", "chips", "tokens", "ppl_mean",
+               "ppl_std", "ppl_ci95_low", "ppl_ci95_high", "reduction_pct", "gap_recovered_pct", "word_ppl_mean",
+               "bits_per_byte_mean", "cv_before_mean", "cv_mean", "digital_share", "seconds_mean")
+HEADER = ("model", "preset", "t (s)", "placement", "method", "chips", "PPL (mean ± std)", "95 % interval",
+          "reduction vs noisy", "gap recovered", "CV before → after", "digital share")
+
+
+def clean_floats(value):
+    """NaN / ±inf → None, recursively (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_floats(v) for v in value]
+    return value
+
+
+def _num(value, digits: int = 2, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def cells(row: dict) -> list[str]:
+    """The human-readable cells of one row (markdown, HTML and the terminal table share them)."""
+    ci = row.get("ppl_ci95")
+    cv = "—" if row.get("cv_mean") is None else (f"{_num(row.get('cv_before_mean'), 3)} → {row['cv_mean']:.3f}")
+    return [row["model"], row["preset"], f"{row['t']:g}", row["placement"], row["method"],
+            str(row["chips"]), "—" if row["ppl_mean"] is None else f"{row['ppl_mean']:.3f} ± {row['ppl_std']:.3f}",
+            "—" if ci is None else f"{ci[0]:.3f} – {ci[1]:.3f}", _num(row.get("reduction_pct"), 1, " %"),
+            _num(row.get("gap_recovered_pct"), 1, " %"), cv, _num(row.get("digital_share"), 3)]
+
+
+def markdown(rows: list[dict], title: str | None = None) -> str:
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(HEADER)))
+              + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        ci = row.get("ppl_ci95") or [None, None]
+        flat = {**row, "ppl_ci95_low": ci[0], "ppl_ci95_high": ci[1]}
+        writer.writerow(["" if flat.get(c) is None else _csv_value(flat[c]) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    return str(value)
+
+
+def to_json(rows: list[dict], config: dict | None, config_hash: str | None, git: str, versions: dict) -> str:
+    """``{"rows": [...], "config": {...}, "config_hash", "git", "versions"}`` with sorted keys, 2-space indent."""
+    payload = {"rows": rows, "config": config, "config_hash": config_hash, "git": git, "versions": versions}
+    return json.dumps(clean_floats(payload), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -1,0 +1,91 @@
+"""A report from a results store alone: tables (markdown, CSV, JSON), plots (PNG) and one HTML page.
+
+Everything is derived from the stored rows in a fixed order, so regenerating from the same store gives the same
+bytes; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from romer.errors import UserError
+from romer.experiment.store import ResultsStore
+from romer.io import write_bytes_atomic, write_text_atomic
+from romer.report import html, tables
+from romer.report.aggregate import aggregate_rows, config_orders
+from romer.report.plots import Plot, make_plots
+
+STORE_NAME = "results.sqlite"
+
+
+@dataclass
+class Report:
+    """Aggregated rows of one config with its provenance and plots; ``paths`` once written."""
+
+    title: str
+    rows: list[dict]
+    config: dict | None
+    config_hash: str | None
+    git: str
+    versions: dict
+    plots: list[Plot] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_store(store_or_dir: str | Path) -> Path:
+    """A store file, or a run folder holding ``results.sqlite`` (UserError if neither)."""
+    path = Path(store_or_dir).expanduser()
+    if path.is_dir():
+        path = path / STORE_NAME
+    if not path.is_file():
+        raise UserError(f"no results store at {path}")
+    return path
+
+
+def _match_hash(store: ResultsStore, prefix: str) -> str:
+    """The stored config hash starting with ``prefix`` (UserError if none or several)."""
+    matches = [c["config_hash"] for c in store.configs() if c["config_hash"].startswith(prefix)]
+    if len(matches) != 1:
+        raise UserError(f"{'no' if not matches else 'more than one'} config in {store.path} starts with {prefix!r}")
+    return matches[0]
+
+
+def _joined(values) -> str:
+    return ", ".join(sorted(set(values))) or "unknown"
+
+
+def build_report(store_path: str | Path, config_hash: str | None = None, plots: bool = True) -> Report:
+    """Read the store and aggregate one config (default: the config of the latest stored trial)."""
+    with ResultsStore(resolve_store(store_path)) as store:
+        config_hash = _match_hash(store, config_hash) if config_hash else store.latest_config_hash()
+        trials = store.rows(config_hash) if config_hash else []
+        record = store.config(config_hash) if config_hash else None
+    if not trials:
+        raise UserError(f"no trials in {store_path}" + (f" for config {config_hash}" if config_hash else ""))
+    config = record["config"] if record else None
+    rows = aggregate_rows(trials, config)
+    libraries = sorted({k for t in trials for k in t["versions"]})
+    versions = {k: _joined(t["versions"].get(k, "unknown") for t in trials) for k in libraries}
+    name = record["name"] if record else "experiment"
+    report = Report(f"romer report: {name}", rows, config, config_hash, _joined(t["git"] for t in trials), versions)
+    if plots:
+        report.plots = make_plots(rows, trials, config_orders(config))
+    return report
+
+
+def write_report(store_path: str | Path, out_dir: str | Path, config_hash: str | None = None) -> Report:
+    """Write results.md / .csv / .json, plots/*.png and report.html into ``out_dir``; returns the report."""
+    report = build_report(store_path, config_hash)
+    out = Path(out_dir)
+    texts = {"markdown": ("results.md", tables.markdown(report.rows, report.title)),
+             "csv": ("results.csv", tables.to_csv(report.rows)),
+             "json": ("results.json", tables.to_json(report.rows, report.config, report.config_hash, report.git,
+                                                     report.versions)),
+             "html": ("report.html", html.page(report.title, report.rows, report.plots, report.config,
+                                               report.config_hash, report.git, report.versions))}
+    for key, (name, text) in texts.items():
+        report.paths[key] = write_text_atomic(out / name, text)
+    for plot in report.plots:
+        report.paths[plot.name] = write_bytes_atomic(out / "plots" / plot.name, plot.png)
+    return report

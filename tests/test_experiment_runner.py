@@ -1,0 +1,190 @@
+"""The experiment runner and results store: resumable after SIGKILL, no trial lost or repeated, Ray = local.
+
+Evaluators here are fakes: deterministic numbers from a hash of (model, preset, t, placement, seed, method), so
+the runner's bookkeeping is tested without models.
+"""
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from romer.experiment.config import load_config
+from romer.experiment.runner import pending, resolve_evaluator, run_experiment
+from romer.experiment.store import ResultsStore, git_revision
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["models=[olmoe-tiny, qwenmoe-tiny]", "chip.chips=3", "methods=[clean, noisy, romer, maxnn-12.5%]",
+         "name=small"]
+KIND_FACTOR = {"clean": 1.0, "noisy": 1.6, "oracle": 1.2, "replace": 1.45, "recalibrate": 1.3, "romer": 1.25,
+               "maxnn": 1.35, "balance": 1.4}
+
+
+def _unit(*parts) -> float:
+    """A number in [0, 1) from a hash of ``parts`` (deterministic across processes)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def fake_result(group, method: dict) -> dict:
+    chip = group.chip
+    base = 20 + 10 * _unit(group.model)
+    chip_noise = 0.0 if method["kind"] == "clean" else 0.1 * _unit(group.model, chip["seed"], chip["t_inference"])
+    ppl = base * (KIND_FACTOR[method["kind"]] + chip_noise + 0.02 * _unit(method["name"], chip["seed"]))
+    cv = 0.2 + 0.3 * _unit("cv", group.model, chip["seed"], method["name"])
+    return {"method": method["name"], "ppl": ppl, "word_ppl": 1.3 * ppl, "bits_per_byte": 1.0 + ppl / 100,
+            "tokens": 1000, "cv": cv, "cv_before": 0.5, "digital_share": 0.125 if method["kind"] == "maxnn" else 0.0,
+            "plan": {"kind": method["kind"]} if method["kind"] not in ("clean", "noisy") else None, "seconds": 0.0,
+            "frequency": [[0.1 + 0.2 * _unit(layer, e, method["name"]) for e in range(4)] for layer in range(2)]}
+
+
+def fake_evaluator(group, names):
+    for method in group.methods:
+        if method["name"] in names:
+            yield fake_result(group, method)
+
+
+class SlowEvaluator:
+    """Sleeps ``seconds`` per method (so a test can kill a run in the middle)."""
+
+    def __init__(self, seconds: float = 0.25):
+        self.seconds = seconds
+
+    def __call__(self, group, names):
+        for result in fake_evaluator(group, names):
+            time.sleep(self.seconds)
+            yield result
+
+
+class Recording:
+    """Fake evaluator that remembers which (group, method) it was asked for."""
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, group, names):
+        self.asked += [(group.model, group.chip["seed"], n) for n in sorted(names)]
+        yield from fake_evaluator(group, names)
+
+
+def test_run_stores_every_trial_once_and_rerun_skips(tmp_path):
+    config = load_config("default", SMALL)
+    store_path = tmp_path / "results.sqlite"
+    first = Recording()
+    summary = run_experiment(config, store_path, evaluator=first, progress=False)
+    assert (summary.total, summary.skipped, summary.computed) == (24, 0, 24)
+    assert len(first.asked) == 24 == len(set(first.asked))
+    again = Recording()
+    summary = run_experiment(config, store_path, evaluator=again, progress=False)
+    assert (summary.skipped, summary.computed, again.asked) == (24, 0, [])
+    with ResultsStore(store_path) as store:
+        rows = store.rows(config.config_hash, with_plans=True)
+        assert len(rows) == 24 and store.config(config.config_hash)["config"]["name"] == "small"
+    row = next(r for r in rows if r["method"] == "romer" and r["chip_seed"] == 1)
+    assert row["model"] == "olmoe-tiny" and row["preset"] == "pcm×10" and row["placement"] == "moe"
+    assert row["t_inference"] == 86400.0 and row["preset"] == "pcm×10" and row["preset_config"]["name"] == "pcm"
+    assert row["method_kind"] == "romer" and row["plan"] == {"kind": "romer"}
+    assert row["ppl"] == row["metrics"]["ppl"] and row["versions"]["romer"] and row["git"] == git_revision()
+    assert row["method_config"]["calibration"]["sequences"] == 64
+
+
+def test_store_is_wal_and_a_duplicate_trial_keeps_the_first(tmp_path):
+    config = load_config("default", SMALL)
+    group = config.groups()[0]
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        store.save_config(config.config_hash, config.name, config.model_dump(mode="json"))
+        first = fake_result(group, group.methods[0])
+        assert store.add(group, first, {"git": "abc", "versions": {}})
+        assert not store.add(group, {**first, "ppl": 1.0}, {"git": "abc", "versions": {}})
+        assert store.rows()[0]["ppl"] == first["ppl"]
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_incomplete_evaluator_is_an_error_and_keeps_what_it_stored(tmp_path):
+    config = load_config("default", SMALL)
+
+    def lazy(group, names):
+        yield fake_result(group, group.methods[0])  # only the first method
+
+    with pytest.raises(RuntimeError, match="no result for"):
+        run_experiment(config, tmp_path / "s.sqlite", evaluator=lazy, progress=False)
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        assert store.count() == 1
+
+
+def test_pending_lists_only_missing_methods():
+    config = load_config("default", SMALL)
+    groups = config.groups()
+    done = set(groups[0].trial_keys().values()) | {groups[1].trial_key("noisy")}
+    work = pending(config, done)
+    assert len(work) == len(groups) - 1 and work[0][1] == {"clean", "romer", "maxnn-12.5%"}
+
+
+def test_default_evaluator_resolves_lazily():
+    evaluate = resolve_evaluator(None)
+    assert callable(evaluate)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys
+    from romer.experiment.config import load_config
+    from romer.experiment.runner import run_experiment
+    from tests.test_experiment_runner import SMALL, SlowEvaluator
+    run_experiment(load_config("default", SMALL), sys.argv[1], evaluator=SlowEvaluator(0.2), progress=False)
+""")
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
+    store_path = tmp_path / "results.sqlite"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(store_path)], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 40
+    stored = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        if store_path.exists():
+            with sqlite3.connect(store_path, timeout=10) as db:
+                try:
+                    stored = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+                except sqlite3.OperationalError:  # table not created yet
+                    continue
+            if stored >= 5:
+                break
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with ResultsStore(store_path) as store:
+        before = {r["trial_key"]: (r["ppl"], r["created_at"]) for r in store.rows()}
+    assert 5 <= len(before) < 24
+    config = load_config("default", SMALL)
+    rest = Recording()
+    summary = run_experiment(config, store_path, evaluator=rest, progress=False)
+    assert summary.skipped == len(before) and summary.computed == 24 - len(before) == len(rest.asked)
+    with ResultsStore(store_path) as store:
+        after = {r["trial_key"]: (r["ppl"], r["created_at"]) for r in store.rows()}
+    assert len(after) == 24 and all(after[k] == v for k, v in before.items())
+    expected = {g.trial_key(m): None for g in config.groups() for m in g.method_names}
+    assert set(after) == set(expected)
+
+
+def test_ray_backend_matches_local(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'romer[ray]')")
+    config = load_config("default", SMALL + ["chip.chips=2"])
+    run_experiment(config, tmp_path / "local.sqlite", evaluator=fake_evaluator, progress=False)
+    summary = run_experiment(config, tmp_path / "ray.sqlite", evaluator=fake_evaluator, backend="ray", workers=2,
+                             progress=False)
+    assert summary.computed == 16
+
+    def numbers(path):
+        with ResultsStore(path) as store:
+            return sorted((r["trial_key"], r["ppl"], r["metrics"]["cv"]) for r in store.rows())
+
+    assert numbers(tmp_path / "ray.sqlite") == numbers(tmp_path / "local.sqlite")
