@@ -299,3 +299,10 @@ def test_sequential_recalibration_matches_every_layer(olmoe, ids):
         span = (clean[:, 2] - clean[:, 0]).mean()
         assert (fixed[:, 1] - clean[:, 1]).abs().max() < 0.01 * span
         assert ((fixed[:, 2] - fixed[:, 0]) - (clean[:, 2] - clean[:, 0])).abs().max() < 0.01 * span
+
+
+def test_recalibration_of_chosen_layers_only(olmoe, ids):
+    plan = calibrator("recalibrate", recalibrate={"layers": [1]}).fit(olmoe, ids, CHIP)
+    assert [f.layer for f in plan.router if not f.is_identity] == [1]
+    with pytest.raises(UserError, match="names no MoE layer"):
+        calibrator("recalibrate", recalibrate={"layers": [7]}).fit(olmoe, ids, CHIP)

@@ -17,6 +17,7 @@ from romer.calibrate.data import calibration_windows, capture_logits, run_window
 from romer.calibrate.maxnn import digital_experts
 from romer.calibrate.plan import Plan, Replacement
 from romer.calibrate.routing_rule import RouterFix
+from romer.errors import UserError
 from romer.models.view import moe_layers
 from romer.noise.chip import Chip, tensor_generator
 from romer.routing.recorder import RoutingRecord, record_routing
@@ -123,7 +124,12 @@ class Calibrator:
         """Fit every layer's router correction on the replaced, programmed model (ROMER order); sequentially,
         each layer sees the earlier layers already corrected."""
         config, batch = self.method.recalibrate, self.method.calibration.batch_size
-        layers = moe_layers(model)
+        all_layers = moe_layers(model)
+        positions = {layer.index: position for position, layer in enumerate(all_layers)}
+        layers = [l for l in all_layers if config.layers is None or l.index in config.layers]
+        if not layers:
+            raise UserError(f"recalibrate.layers {list(config.layers)} names no MoE layer of this model "
+                            f"(MoE layers: {list(positions)})")
         keep_logits = config.mode == "token"
 
         def fit_layer(position: int, layer, observed: Observation) -> None:
@@ -139,11 +145,11 @@ class Calibrator:
             if plan.replacement:
                 with apply(model, fit_chip, plan):
                     noisy = observe(model, windows, batch, keep_logits=True)
-            for position, layer in enumerate(layers):
-                fit_layer(position, layer, noisy)
+            for layer in layers:
+                fit_layer(positions[layer.index], layer, noisy)
             return
         for layer in layers:  # identity placeholders, so that every router is hooked and can be filled in place
             fixes[layer.index].scale, fixes[layer.index].offset = [1.0] * layer.num_experts, [0.0] * layer.num_experts
         with apply(model, fit_chip, plan):
-            for position, layer in enumerate(layers):
-                fit_layer(position, layer, observe(model, windows, batch, keep_logits=keep_logits))
+            for layer in layers:
+                fit_layer(positions[layer.index], layer, observe(model, windows, batch, keep_logits=keep_logits))

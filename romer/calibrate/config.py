@@ -52,7 +52,8 @@ class RecalibrateConfig(_Strict):
     reference "clean": each expert's own clean percentiles; "average": the expert-average of them (forces balance).
     apply_to: the corrected logits choose the experts only, or also give the gate weights.
     sequential: one calibration pass per MoE layer, so that each layer is fitted on the hidden states the
-    corrected earlier layers produce (L passes instead of one).
+    corrected earlier layers produce (L passes instead of one). layers: correct only these decoder layers (the
+    others keep their router as it is), to measure where the correction helps.
     """
 
     mode: Literal["quantile", "shift", "token"] = "quantile"
@@ -61,6 +62,7 @@ class RecalibrateConfig(_Strict):
     reference: Literal["clean", "average"] = "clean"
     apply_to: Literal["selection", "selection+gates"] = "selection+gates"
     sequential: bool = False  # fit layer by layer, each on the model with the earlier layers already corrected
+    layers: tuple[int, ...] | None = None  # decoder layers to correct (None: every MoE layer)
 
     @model_validator(mode="after")
     def _check(self) -> "RecalibrateConfig":
