@@ -28,6 +28,9 @@ def _register_command_modules() -> None:
     app.command("run")(run_command)
     app.command("calibrate")(calibrate_command)
     app.command("report")(report_command)
+    from romer.cli_chip import chip_app
+
+    app.add_typer(chip_app, name="chip")
 
 
 def _check_window(window: int) -> None:
