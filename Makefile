@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,13 @@ routing-study: $(VENV)/.installed
 	  $(VENV)/bin/romer stats --model $$m --preset default --placement $$p --chips 3 --max-chars 80000 \
 	    --json results/routing/$$m-$$p.json || exit 1; done; done
 	$(PY) scripts/update_readme_routing.py
+
+# README "Main result" and "Ablations": each config resumes from its results store if interrupted.
+main-result: $(VENV)/.installed
+	$(VENV)/bin/romer run main --out results/main
+	$(PY) scripts/update_readme_results.py
+
+ablations: $(VENV)/.installed
+	for config in ablations router-digital per-layer noise-free; do \
+		$(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
+	$(PY) scripts/update_readme_results.py
