@@ -22,7 +22,7 @@ def test_bundled_default_is_the_main_job():
     assert config.models == ["olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny"]
     assert [m.name for m in config.methods] == [m.name for m in default_methods()]
     assert config.chip.chips == 5 and config.chip.t_inference == [86400.0] and config.chip.placements == ["moe"]
-    assert config.eval.max_tokens == 16384 and config.eval.split == "test" and config.calibration.sequences == 64
+    assert config.eval.max_tokens == 16384 and config.eval.split == "test" and config.calibration.sequences == 32
     group = config.groups()[0]
     assert group.chip["preset"]["prog_noise_scale"] == 10.0 and group.preset == "pcm×10"
     assert len(config.groups()) == 15 and config.trial_count() == 15 * len(default_methods())
@@ -106,5 +106,5 @@ def test_experiment_calibration_fills_what_a_method_does_not_set():
     config = load_config("ablations", ["calibration.window=256", "calibration.sequences=32"])
     by_name = {m.name: m.calibration for m in config.methods}
     assert by_name["romer"].window == 256 and by_name["romer"].sequences == 32
-    assert by_name["P1 (5, 95), 8 calibration windows"].sequences == 8  # the method's own setting wins
-    assert by_name["P1 (5, 95), 8 calibration windows"].window == 256
+    assert by_name["P1 (1, 99), 8 calibration windows"].sequences == 8  # the method's own setting wins
+    assert by_name["P1 (1, 99), 8 calibration windows"].window == 256

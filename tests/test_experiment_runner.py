@@ -92,7 +92,7 @@ def test_run_stores_every_trial_once_and_rerun_skips(tmp_path):
     assert row["t_inference"] == 86400.0 and row["preset"] == "pcm×10" and row["preset_config"]["name"] == "pcm"
     assert row["method_kind"] == "romer" and row["plan"] == {"kind": "romer"}
     assert row["ppl"] == row["metrics"]["ppl"] and row["versions"]["romer"] and row["git"] == git_revision()
-    assert row["method_config"]["calibration"]["sequences"] == 64
+    assert row["method_config"]["calibration"]["sequences"] == 32
 
 
 def test_store_is_wal_and_a_duplicate_trial_keeps_the_first(tmp_path):

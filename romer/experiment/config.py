@@ -165,7 +165,7 @@ class ExperimentConfig(_Strict):
     chip: ChipSettings = ChipSettings()
     methods: list[MethodConfig] = Field(default_factory=default_methods, min_length=1)
     eval: EvalSettings = EvalSettings()
-    calibration: CalibrationData = CalibrationData()
+    calibration: CalibrationData = CalibrationData(sequences=32)  # the main job's (README, "Time")
     run: RunSettings = RunSettings()
 
     @field_validator("models", mode="before")
