@@ -61,4 +61,5 @@ main-result: $(VENV)/.installed
 ablations: $(VENV)/.installed
 	for config in ablations router-digital per-layer noise-free; do \
 		$(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
+	$(VENV)/bin/romer run per-layer --set "models=[olmoe-tiny, qwenmoe-tiny]" --set "methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, recalibrate: {layers: [0]}}]" --out results/per-layer-0
 	$(PY) scripts/update_readme_results.py

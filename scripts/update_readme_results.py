@@ -41,7 +41,8 @@ def main_cell(r: dict) -> str:
 def short_cell(r: dict) -> str:
     if r["kind"] in ("clean", "noisy"):
         return f"{r['ppl_mean']:.2f}"
-    return f"{r['ppl_mean']:.2f} ({r['reduction_pct']:+.1f} %, gap {r['gap_recovered_pct']:.0f} %)"
+    gap = "" if r["gap_recovered_pct"] is None else f", gap {r['gap_recovered_pct']:.0f} %"
+    return f"{r['ppl_mean']:.2f} ({r['reduction_pct']:+.1f} %{gap})"
 
 
 def section(config: str, placement: str | None, cell, intro: str) -> str:
@@ -67,6 +68,9 @@ def main() -> None:
                      "results/router-digital`**, validation split, router digital (placement `experts`)"),
              section("per-layer", None, short_cell, "**`romer run per-layer --out results/per-layer`**, "
                      "validation split, placement `moe`"),
+             section("per-layer-0", None, short_cell, "**`romer run per-layer --set \"models=[olmoe-tiny, "
+                     "qwenmoe-tiny]\" --set \"methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, "
+                     "recalibrate: {layers: [0]}}]\" --out results/per-layer-0`**, layer 0 (deepseekmoe-tiny's is dense)"),
              section("noise-free", None, short_cell, "**`romer run noise-free --out results/noise-free`**, test "
                      "split, a chip without noise (gaussian η = 0)")]
     replace_between_markers(readme, "<!-- ablations:begin -->", "<!-- ablations:end -->", "\n\n".join(parts))
