@@ -29,7 +29,7 @@ from torch import nn
 from romer.errors import UserError
 from romer.eval.perplexity import PerplexityResult, perplexity
 from romer.models.view import FUSED, MoELayer, moe_layers
-from romer.routing.recorder import _topk_dtype, router_weights
+from romer.routing.recorder import _topk_dtype
 
 
 class OracleRoutingError(UserError):
