@@ -97,7 +97,8 @@ def calibrate_command(
     if plan is None:
         from romer.calibrate import Plan
 
-        plan = Plan(method=config.model_dump(mode="json"), chip=chip.to_dict(), model={})
+        plan = Plan.none(chip)
+        plan.method = config.model_dump(mode="json")
     plan.model["source"] = model
     with console.status(f"writing {out}"):
         save_calibrated(lm, tokenizer, chip, plan, out)

@@ -117,7 +117,7 @@ def test_recalibration_moves_noisy_percentiles_onto_the_clean_ones(olmoe, ids):
         return rec.layers[0].percentiles(ps)
 
     clean = first_layer_percentiles(None)
-    noisy = first_layer_percentiles((CHIP, Plan(method={}, chip={}, model={})))
+    noisy = first_layer_percentiles((CHIP, Plan.none()))
     fixed = first_layer_percentiles((CHIP, plan))
     span = (clean[:, 2] - clean[:, 0]).mean()
     assert (noisy - clean).abs().max() > 0.2 * span  # the noise really moved them
@@ -185,7 +185,7 @@ def test_replica_masks_cold_slots_averages_pairs_and_stays_loadable(olmoe, ids, 
 
 def test_split_alternates_tokens_between_hot_expert_and_replica(olmoe, ids):
     plan = calibrator("replace", replace={"variant": "split", "count": 1}).fit(olmoe, ids, CHIP)
-    noisy = Plan(method={}, chip={}, model={})
+    noisy = Plan.none()
     with apply(olmoe, CHIP, noisy):
         before = topk_rows(olmoe, ids)[0]
     (cold, hot), = plan.replacement[0].pairs

@@ -42,10 +42,13 @@ class Observation:
 @torch.no_grad()
 def observe(model: nn.Module, windows: torch.Tensor, batch_size: int, keep_logits: bool = False) -> Observation:
     """Record routing (and keep router logits) while the calibration windows run through ``model`` as it is."""
+    if not keep_logits:
+        with record_routing(model) as record:
+            run_windows(model, windows, batch_size)
+        return Observation(record)
     with record_routing(model) as record, capture_logits(model) as kept:
         run_windows(model, windows, batch_size)
-    logits = {i: torch.cat(chunks) for i, chunks in kept.items()} if keep_logits else None
-    return Observation(record, logits)
+    return Observation(record, {i: torch.cat(chunks) for i, chunks in kept.items()})
 
 
 def _model_summary(model: nn.Module) -> dict:
@@ -56,7 +59,7 @@ def _model_summary(model: nn.Module) -> dict:
 
 def observe_chip(model: nn.Module, chip: Chip, windows: torch.Tensor, batch_size: int) -> Observation:
     """Observation (with logits) of ``model`` programmed onto ``chip``, no calibration; the model is restored."""
-    with apply(model, chip, Plan(method={}, chip=chip.to_dict(), model={})):
+    with apply(model, chip, Plan.none(chip)):
         return observe(model, windows, batch_size, keep_logits=True)
 
 
@@ -130,26 +133,25 @@ class Calibrator:
         if not layers:
             raise UserError(f"recalibrate.layers {list(config.layers)} names no MoE layer of this model "
                             f"(MoE layers: {list(positions)})")
-        keep_logits = config.mode == "token"
+        if config.mode == "token":  # P3 scales every token to the clean reference: no noisy statistics needed
+            for layer in layers:
+                recal.fit_token(clean.token_scale(layer.index, config.p), config, fixes[layer.index])
+            return
 
-        def fit_layer(position: int, layer, observed: Observation) -> None:
-            fix = fixes[layer.index]
-            if config.mode == "token":
-                recal.fit_token(observed.token_scale(layer.index, config.p),
-                                clean.token_scale(layer.index, config.p), config, fix)
-            else:
-                recal.FITTERS[config.mode](observed.record.layers[position], clean.record.layers[position],
-                                           config, fix)
+        def fit_layer(layer, observed: Observation) -> None:
+            position = positions[layer.index]
+            recal.FITTERS[config.mode](observed.record.layers[position], clean.record.layers[position], config,
+                                       fixes[layer.index])
 
         if not config.sequential:
             if plan.replacement:
                 with apply(model, fit_chip, plan):
-                    noisy = observe(model, windows, batch, keep_logits=True)
+                    noisy = observe(model, windows, batch)
             for layer in layers:
-                fit_layer(positions[layer.index], layer, noisy)
+                fit_layer(layer, noisy)
             return
         for layer in layers:  # identity placeholders, so that every router is hooked and can be filled in place
             fixes[layer.index].scale, fixes[layer.index].offset = [1.0] * layer.num_experts, [0.0] * layer.num_experts
         with apply(model, fit_chip, plan):
             for layer in layers:
-                fit_layer(positions[layer.index], layer, observe(model, windows, batch, keep_logits=keep_logits))
+                fit_layer(layer, observe(model, windows, batch))

@@ -51,7 +51,7 @@ class RecalibrateConfig(_Strict):
     shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token.
     reference "clean": each expert's own clean percentiles; "average": the expert-average of them (forces balance).
     apply_to: the corrected logits choose the experts only, or also give the gate weights.
-    sequential: one calibration pass per MoE layer, so that each layer is fitted on the hidden states the
+    sequential (P1, P2): one calibration pass per MoE layer, so that each layer is fitted on the hidden states the
     corrected earlier layers produce (L passes instead of one). layers: correct only these decoder layers (the
     others keep their router as it is), to measure where the correction helps.
     """

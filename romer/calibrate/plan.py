@@ -40,6 +40,11 @@ class Plan:
     digital_attention: bool = False
     stats: dict = field(default_factory=dict)
 
+    @classmethod
+    def none(cls, chip=None) -> "Plan":
+        """The plan that changes nothing: the model exactly as programmed on the chip ("noisy")."""
+        return cls(method={}, chip={} if chip is None else chip.to_dict(), model={})
+
     def to_dict(self) -> dict:
         return {"version": PLAN_VERSION, "method": self.method, "chip": self.chip, "model": self.model,
                 "replacement": [r.to_dict() for r in self.replacement],

@@ -45,7 +45,7 @@ def fit_shift(noisy: LayerRouting, clean: LayerRouting, config: RecalibrateConfi
     return fix
 
 
-def fit_token(noisy_scale: float, clean_scale: float, config: RecalibrateConfig, fix: RouterFix) -> RouterFix:
+def fit_token(clean_scale: float, config: RecalibrateConfig, fix: RouterFix) -> RouterFix:
     """P3: z'_t = z_t · S_r / Q_p(|z_t|), S_r = mean over clean calibration tokens of Q_p(|z_t|)."""
     if not math.isfinite(clean_scale) or clean_scale <= 0:
         return fix

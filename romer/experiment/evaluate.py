@@ -126,9 +126,8 @@ class Evaluator:
                 "extra_analog_share": cost.extra_analog_share}
 
     def noisy(self, name: str, chip: Chip, spec: dict) -> dict:
-        empty = Plan(method={}, chip=chip.to_dict(), model={})
         return self._memo(("noisy", name, chip, tuple(sorted(spec.items()))),
-                          lambda: self.score(name, chip, empty, spec))
+                          lambda: self.score(name, chip, Plan.none(chip), spec))
 
     # --- one method ---------------------------------------------------------------------------------------
 
@@ -141,7 +140,7 @@ class Evaluator:
             return dict(self.noisy(name, chip, spec))
         if method.kind == "oracle":
             captured, record = self.clean(name, spec)
-            with apply(model, chip, Plan(method={}, chip=chip.to_dict(), model={})):
+            with apply(model, chip, Plan.none(chip)):
                 result = oracle_perplexity(model, tokenizer, self.eval_text(name, spec), captured,
                                            progress=self.progress)
             return {**_scored(result, record), "digital_share": 0.0, "extra_analog_share": 0.0}
