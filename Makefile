@@ -37,13 +37,13 @@ ZOO := olmoe-tiny qwenmoe-tiny deepseekmoe-tiny
 # Re-measure the zoo models' cards (test PPL, unigram baseline, expert usage) and README's table.
 zoo-cards: $(VENV)/.installed
 	for m in $(ZOO); do $(VENV)/bin/romer zoo card $$m || exit 1; done
-	$(PY) scripts/update_readme_zoo.py
+	$(PY) scripts/update_readme.py zoo
 
 # Noise sensitivity of the zoo models (validation split) and README's table.
 sensitivity: $(VENV)/.installed
 	mkdir -p results/sensitivity
 	for m in $(ZOO); do $(VENV)/bin/romer noise sensitivity --model $$m --json results/sensitivity/$$m.json || exit 1; done
-	$(PY) scripts/update_readme_sensitivity.py
+	$(PY) scripts/update_readme.py sensitivity
 
 # Routing under the default chip for each zoo model and placement (validation split), and README's findings.
 routing-study: $(VENV)/.installed
@@ -51,15 +51,15 @@ routing-study: $(VENV)/.installed
 	for m in $(ZOO); do for p in moe experts all; do \
 	  $(VENV)/bin/romer stats --model $$m --preset default --placement $$p --chips 3 --max-chars 80000 \
 	    --json results/routing/$$m-$$p.json || exit 1; done; done
-	$(PY) scripts/update_readme_routing.py
+	$(PY) scripts/update_readme.py routing
 
 # README "Main result" and "Ablations": each config resumes from its results store if interrupted.
 main-result: $(VENV)/.installed
 	$(VENV)/bin/romer run main --out results/main
-	$(PY) scripts/update_readme_results.py
+	$(PY) scripts/update_readme.py main-result
 
 ablations: $(VENV)/.installed
 	for config in ablations router-digital per-layer noise-free; do \
 		$(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(VENV)/bin/romer run per-layer --set "models=[olmoe-tiny, qwenmoe-tiny]" --set "methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, recalibrate: {layers: [0]}}]" --out results/per-layer-0
-	$(PY) scripts/update_readme_results.py
+	$(PY) scripts/update_readme.py ablations

@@ -1,24 +1,21 @@
-"""Render README's routing findings from results/routing/*.json (written by `make routing-study`)."""
+"""README's routing findings (marker ``routing``) from results/routing/*.json, written by `make routing-study`."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from romer.experiment.routing_study import fmt
-from romer.io import replace_between_markers
 
-ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
+from . import SectionError
+
 PLACEMENTS = {"moe": "moe (router analog)", "experts": "experts only (router digital)", "all": "all"}
 
 
-def main() -> int:
-    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "results/routing").glob("*.json"))]
+def render(root: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted((root / "results/routing").glob("*.json"))]
     if not runs:
-        print("no results in results/routing/: run `make routing-study`", file=sys.stderr)
-        return 1
+        raise SectionError("no results in results/routing/: run `make routing-study`")
     first = runs[0]
     lines = [f"Validation split, first {first['max_chars']:,} characters ({first['tokens']:,} tokens), default chip "
              f"(PCM ×10, t = 1 day), {first['chips']} chips per row, mean ± std over chips. Regenerate: "
@@ -40,10 +37,4 @@ def main() -> int:
         for layer in r["per_layer"]:
             lines.append(f"| `{r['model']}` | {layer['layer']} | {layer['clean_cv']:.2f} | {fmt(layer['cv'])} "
                          f"| {fmt(layer['jaccard'], 3)} | {fmt(layer['top1_changed'], 3)} |")
-    replace_between_markers(ROOT / "README.md", BEGIN, END, "\n".join(lines))
-    print("updated README.md")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Render README's "Reference models" section from the zoo's card.json and training_log.json files.
+"""README's "Reference models" section (marker ``zoo``) from the zoo's card.json and training_log.json files.
 
 Regenerate the cards first (`romer zoo card NAME` for each model; `make zoo-cards` does both steps).
 """
@@ -6,14 +6,12 @@ Regenerate the cards first (`romer zoo card NAME` for each model; `make zoo-card
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from romer.io import replace_between_markers
 from romer.models.loading import ZOO_DIR, zoo_names
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
+from . import SectionError
+
 MIRRORS = {
     "olmoe-tiny": "OLMoE-1B-7B: 64 experts, top-8, no shared expert",
     "qwenmoe-tiny": "Qwen1.5-MoE-A2.7B: 60 experts, top-4, 1 sigmoid-gated shared expert",
@@ -21,9 +19,17 @@ MIRRORS = {
 }
 
 
-def section() -> str:
-    cards = {n: json.loads((ZOO_DIR / n / "card.json").read_text()) for n in zoo_names()}
-    logs = {n: json.loads((ZOO_DIR / n / "training_log.json").read_text()) for n in zoo_names()}
+def _read(name: str, file: str) -> dict:
+    path = ZOO_DIR / name / file
+    if not path.exists():
+        raise SectionError(f"no {path}: run `make zoo-cards`")
+    return json.loads(path.read_text())
+
+
+def render(root: Path) -> str:
+    """The section's markdown. The cards ship with the package (``ZOO_DIR``), so ``root`` is not read."""
+    cards = {n: _read(n, "card.json") for n in zoo_names()}
+    logs = {n: _read(n, "training_log.json") for n in zoo_names()}
     out = [
         "## Reference models",
         "Three small MoE models, each a real transformers class, trained by `romer zoo train NAME` from the",
@@ -63,13 +69,3 @@ def section() -> str:
             "multi-head attention, and it stores the 2 shared experts as one MLP of twice the width (the same",
             "function: two SwiGLU MLPs summed equal one with their hidden units concatenated)."]
     return "\n".join(out)
-
-
-def main() -> int:
-    replace_between_markers(README, BEGIN, END, section())
-    print(f"updated {README}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,68 @@
+"""README's "Main result" and "Ablations" tables (markers ``main-result`` and ``ablations``) from the reports
+`romer run` wrote (results/<config>/results.json); a config not run yet renders as a one-line placeholder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+
+
+def table(rows: list[dict], cell, placement: str | None = None) -> str:
+    rows = [r for r in rows if placement is None or r["placement"] == placement]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    by = {(r["model"], r["method"]): r for r in rows}
+    lines = ["| method | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(cell(by[(m, method)]) if (m, method) in by else "—"
+                                                   for m in models) + " |")
+    return "\n".join(lines)
+
+
+def main_cell(r: dict) -> str:
+    if r["kind"] == "clean":
+        return f"{r['ppl_mean']:.2f} (CV {r['cv_mean']:.2f})"
+    return (f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} · {r['reduction_pct']:+.1f} % · gap {r['gap_recovered_pct']:.0f} %"
+            f" · CV {r['cv_before_mean']:.2f}→{r['cv_mean']:.2f}" + (f" · dig. {100 * r['digital_share']:.1f} %"
+                                                                     if r["digital_share"] else ""))
+
+
+def short_cell(r: dict) -> str:
+    if r["kind"] in ("clean", "noisy"):
+        return f"{r['ppl_mean']:.2f}"
+    gap = "" if r["gap_recovered_pct"] is None else f", gap {r['gap_recovered_pct']:.0f} %"
+    return f"{r['ppl_mean']:.2f} ({r['reduction_pct']:+.1f} %{gap})"
+
+
+def section(root: Path, config: str, placement: str | None, cell, intro: str) -> str:
+    path = root / "results" / config / "results.json"
+    if not path.exists():
+        return f"_{config}: not run yet (`romer run {config} --out results/{config}`)._"
+    data = json.loads(path.read_text())["rows"]
+    tokens = {r["tokens"] for r in data}
+    chips = {r["chips"] for r in data}
+    return (f"{intro} — {'/'.join(map(str, sorted(tokens)))} tokens, {'/'.join(map(str, sorted(chips)))} chips "
+            f"(seeds {data[0]['seeds'][0]}…), window 512:\n\n" + table(data, cell, placement))
+
+
+def render_main(root: Path) -> str:
+    return "\n\n".join(
+        section(root, "main", p, main_cell, f"**`romer run main --out results/main`**, test split, placement `{p}`")
+        for p in ("moe", "all"))
+
+
+def render_ablations(root: Path) -> str:
+    return "\n\n".join([
+        section(root, "ablations", "moe", short_cell, "**`romer run ablations --out results/ablations`**, "
+                "validation split, placement `moe`"),
+        section(root, "router-digital", None, short_cell, "**`romer run router-digital --out "
+                "results/router-digital`**, validation split, router digital (placement `experts`)"),
+        section(root, "per-layer", None, short_cell, "**`romer run per-layer --out results/per-layer`**, "
+                "validation split, placement `moe`"),
+        section(root, "per-layer-0", None, short_cell, "**`romer run per-layer --set \"models=[olmoe-tiny, "
+                "qwenmoe-tiny]\" --set \"methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, "
+                "recalibrate: {layers: [0]}}]\" --out results/per-layer-0`**, layer 0 (deepseekmoe-tiny's is dense)"),
+        section(root, "noise-free", None, short_cell, "**`romer run noise-free --out results/noise-free`**, test "
+                "split, a chip without noise (gaussian η = 0)")])
