@@ -2,7 +2,7 @@
 
 Columns: model, preset, t (s), placement, method, chips, PPL mean ± std over chips, its 95 % interval, PPL reduction
 vs noisy (%), share of the noisy − clean gap recovered (%), load-balance CV before (noisy) → after, digital share of
-the analog weights.
+the analog weights. For comparison the same rows also pivot into one method × model grid per (preset, placement, t).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 
 CSV_COLUMNS = ("model", "preset", "t", "placement", "method", "kind", "chips", "tokens", "ppl_mean",
                "ppl_std", "ppl_ci95_low", "ppl_ci95_high", "reduction_pct", "gap_recovered_pct", "word_ppl_mean",
                "bits_per_byte_mean", "cv_before_mean", "cv_mean", "digital_share", "seconds_mean")
 HEADER = ("model", "preset", "t (s)", "placement", "method", "chips", "PPL (mean ± std)", "95 % interval",
           "reduction vs noisy", "gap recovered", "CV before → after", "digital share")
+GRID_SETTING = ("preset", "placement", "t")  # one method × model grid per setting
 
 
 def clean_floats(value):
@@ -42,6 +44,39 @@ def cells(row: dict) -> list[str]:
             str(row["chips"]), "—" if row["ppl_mean"] is None else f"{row['ppl_mean']:.3f} ± {row['ppl_std']:.3f}",
             "—" if ci is None else f"{ci[0]:.3f} – {ci[1]:.3f}", _num(row.get("reduction_pct"), 1, " %"),
             _num(row.get("gap_recovered_pct"), 1, " %"), cv, _num(row.get("digital_share"), 3)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The rows of one (preset, placement, t) setting as a method × model grid, both in row order."""
+
+    setting: dict
+    methods: list[str]
+    models: list[str]
+    cells: dict[tuple[str, str], dict]  # (method, model) → row
+
+
+def grids(rows: list[dict]) -> list[Grid]:
+    """One :class:`Grid` per (preset, placement, t) setting, in the order the settings first appear in ``rows``."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in GRID_SETTING), []).append(row)
+    return [Grid(dict(zip(GRID_SETTING, key)), list(dict.fromkeys(r["method"] for r in group)),
+                 list(dict.fromkeys(r["model"] for r in group)), {(r["method"], r["model"]): r for r in group})
+            for key, group in groups.items()]
+
+
+def grid_cell(row: dict) -> tuple[str, str]:
+    """(PPL mean ± std, the comparison with the noisy chip) of one row, for a method × model grid."""
+    ppl = "—" if row["ppl_mean"] is None else f"{row['ppl_mean']:.2f} ± {row['ppl_std']:.2f}"
+    if row["kind"] == "noisy":
+        return ppl, "reference"
+    parts = [] if row.get("reduction_pct") is None else [f"{row['reduction_pct']:+.1f} %"]
+    if row.get("gap_recovered_pct") is not None and row["kind"] != "clean":  # clean: 100 % by definition
+        parts.append(f"gap {row['gap_recovered_pct']:.0f} %")
+    if row.get("digital_share"):
+        parts.append(f"dig. {100 * row['digital_share']:.1f} %")
+    return ppl, " · ".join(parts) or "—"
 
 
 def markdown(rows: list[dict], title: str | None = None) -> str:
