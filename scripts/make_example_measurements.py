@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from romer.noise.measurements import sample_measurements, write_measurements_csv
-from romer.noise.presets import get_preset
+from romer.chipfit.measurements import sample_measurements, write_measurements_csv
+from romer.noise.registry import get_preset
 
 LEVELS = [0.01, 0.02, 0.04, 0.07] + [k / 12 for k in range(1, 13)]
 DEVICES = 128

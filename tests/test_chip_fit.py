@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from romer.cli_chip import chip_app
+from romer.cli.chip import chip_app
 from romer.errors import UserError
 from romer.noise import functional as F
 from romer.noise.chip import Chip
-from romer.noise.fit import fit_measurements
+from romer.chipfit.fit import fit_measurements
 from romer.noise.measured import MeasuredPreset
-from romer.noise.measurements import load_measurements, sample_measurements, write_measurements_csv
-from romer.noise.presets import get_preset, preset_from_dict
+from romer.chipfit.measurements import load_measurements, sample_measurements, write_measurements_csv
+from romer.noise.registry import get_preset, preset_from_dict
 
 runner = CliRunner(env={"COLUMNS": "200"})
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pcm_measurements.csv"
@@ -214,7 +214,7 @@ def test_cli_report_writes_plots_and_self_contained_html(tmp_path):
 
 # ---------------------------------------------------------------- determinism and the shipped example
 def test_same_seed_same_numbers():
-    from romer.noise.fit_report import bootstrap_band
+    from romer.chipfit.report import bootstrap_band
 
     pcm = get_preset("pcm")
     a = sample_measurements(pcm, [0.25, 0.5, 1.0], 64, TIMES[:2], 2, gen(11))

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from romer.cli import app
+from romer.cli.main import app
 from romer.data import load_tokenizer
 from romer.models import ModelNotFoundError, load_model, resolve_model_dir
 

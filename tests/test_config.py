@@ -7,7 +7,7 @@ import typer
 from typer.testing import CliRunner
 
 from romer.calibrate.config import ablation_methods, default_methods
-from romer.cli_experiment import report_command, run_command
+from romer.cli.run import report_command, run_command
 from romer.errors import UserError
 from romer.experiment.config import ExperimentConfig, TrialGroup, load_config
 

@@ -10,7 +10,7 @@ import typer
 from matplotlib import image as mpimg
 from typer.testing import CliRunner
 
-from romer.cli_experiment import report_command, run_command
+from romer.cli.run import report_command, run_command
 from romer.experiment.config import load_config
 from romer.experiment.runner import run_experiment
 from romer.report import aggregate, t_quantile, write_report

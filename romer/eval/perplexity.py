@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from romer.errors import UserError
+from romer.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,8 @@ def perplexity(
 
     nll_sum = 0.0
     tokens = 0
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task(description, total=len(windows))
-    try:
+    with Progress(description, len(windows), unit="windows", enabled=progress, min_interval_s=10.0,
+                  transient=True) as bar:
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
             length = max(len(w) for w in batch)
@@ -114,11 +109,7 @@ def perplexity(
             token_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             nll_sum -= token_logp[scored].double().sum().item()
             tokens += int(scored.sum().item())
-            if bar is not None:
-                bar.advance(task, len(batch))
-    finally:
-        if bar is not None:
-            bar.stop()
+            bar.advance(len(batch))
 
     return PerplexityResult(
         window=window,

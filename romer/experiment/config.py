@@ -23,7 +23,8 @@ from romer.calibrate.config import CalibrationData, MethodConfig, ablation_metho
 from romer.errors import UserError
 from romer.noise.chip import DEFAULT_CHIP, Chip
 from romer.noise.placement import parse_placement
-from romer.noise.presets import NoisePreset, get_preset
+from romer.noise.presets import NoisePreset
+from romer.noise.registry import get_preset
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ZOO_MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")

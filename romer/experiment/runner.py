@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from romer.errors import UserError
 from romer.experiment.config import ExperimentConfig, TrialGroup
 from romer.experiment.store import ResultsStore, provenance
+from romer.progress import Progress
 
 DEFAULT_EVALUATOR = "romer.experiment.evaluate:evaluate_group"
 Evaluator = Callable[[TrialGroup, set], Iterator[dict]]
@@ -86,9 +86,9 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
         work = pending(config, store.done_keys(config.config_hash))
         todo = sum(len(missing) for _, missing in work)
         total = config.trial_count()
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       disable=not progress, transient=False)
-        task = bar.add_task(f"{config.name}: {total - todo} of {total} trials stored", total=todo)
+        if progress and total > todo:
+            print(f"{config.name}: {total - todo} of {total} trials already stored in {store_path}", flush=True)
+        bar = Progress(config.name, todo, unit="trials", enabled=progress)
         prov = provenance()
 
         def record(group: TrialGroup, result: dict) -> None:
@@ -97,8 +97,8 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                                    "with a 'method' key")
             store.add(group, result, prov)
             chip = group.chip
-            bar.update(task, advance=1, description=f"{group.model} · {group.preset} · t = {chip['t_inference']:g} s"
-                                                    f" · chip {chip['seed']} · {result['method']}")
+            bar.advance(label=f"{group.model} · {group.preset} · t = {chip['t_inference']:g} s · chip {chip['seed']}"
+                              f" · {result['method']}")
 
         with bar:
             if work:

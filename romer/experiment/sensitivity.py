@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 
-from rich.progress import Progress
 
 from romer.data import load_text
 from romer.eval import perplexity
 from romer.experiment.noisy import noisy_perplexity
 from romer.models import load_model
 from romer.noise.chip import Chip
+from romer.progress import Progress
 
 PCM_TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15e7}
 PCM_SCALES = (1.0, 3.0, 10.0, 20.0)  # prog_noise_scale = read_noise_scale = k, at t = 1 day
@@ -43,13 +43,12 @@ def sensitivity(name: str, chips: int = 3, max_chars: int = 80_000, window: int 
     text = load_text("validation")[:max_chars]
     clean = perplexity(model, tokenizer, text, window=window).ppl
 
-    bar = Progress(disable=not progress, transient=True)
-    task = bar.add_task(f"{name}: noise sweep",
-                        total=len(placements) * (len(PCM_TIMES) + len(PCM_SCALES) + len(GAUSSIAN_ETAS)))
+    bar = Progress(f"{name}: noise sweep", len(placements) * (len(PCM_TIMES) + len(PCM_SCALES) + len(GAUSSIAN_ETAS)),
+                   unit="settings", enabled=progress)
 
     def run(chip: Chip) -> dict:
         result = noisy_perplexity(model, tokenizer, text, chip, chips, window=window)
-        bar.advance(task)
+        bar.advance(label=f"{chip.preset.name} · {chip.placement_name()}")
         return {"ppl_mean": result["ppl_mean"], "ppl_std": result["ppl_std"], "ppl_per_chip": result["ppl_per_chip"]}
 
     with bar:

@@ -22,6 +22,7 @@ import yaml
 
 from romer.data import load_text, load_tokenizer
 from romer.models.view import moe_layers
+from romer.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,6 @@ def _validation_loss(model, windows: torch.Tensor, batch_size: int) -> float:
 def train(recipe_path: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     """Train the model of ``recipe_path`` and write an HF folder (fp16 safetensors, tokenizer, recipe,
     training log) to ``out_dir`` atomically. Returns the training log."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     recipe = ZooRecipe.from_yaml(recipe_path)
     cfg = recipe.training
     tokenizer = load_tokenizer()
@@ -194,10 +193,8 @@ def train(recipe_path: str | Path, out_dir: str | Path, progress: bool = True) -
     log = {"recipe": {"model": recipe.model, "training": asdict(cfg)}, "train_tokens_available": len(train_ids),
            "steps": [], "validation": []}
     started = time.perf_counter()
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with router_losses(model) as layer_losses, Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task(f"train {Path(recipe_path).parent.name}", total=cfg.steps, loss=float("nan"))
+    with (router_losses(model) as layer_losses,
+          Progress(f"train {Path(recipe_path).parent.name}", cfg.steps, enabled=progress, min_interval_s=30.0) as bar):
         for step in range(cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
@@ -212,7 +209,7 @@ def train(recipe_path: str | Path, out_dir: str | Path, progress: bool = True) -
             log["steps"].append({"step": step + 1, "tokens": (step + 1) * batch.numel(), "lm_loss": lm_loss.item(),
                                  "balance_loss": balance.item(), "z_loss": z.item(), "grad_norm": grad_norm.item(),
                                  "lr": group["lr"], "seconds": time.perf_counter() - started})
-            bar.update(task, advance=1, loss=lm_loss.item())
+            bar.advance(label=f"loss {lm_loss.item():.3f}")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 val = _validation_loss(model, val_windows, cfg.batch_size)
                 layer_losses()  # discard router outputs captured during validation

@@ -11,7 +11,6 @@ True
 
 from romer.noise.mapping import MAPPING_GROUPS, from_conductance, group_abs_max, to_conductance, weight_scale
 from romer.noise.presets import (
-    PRESET_NAMES,
     GaussianMultPreset,
     GaussianPreset,
     HermesPreset,
@@ -19,9 +18,8 @@ from romer.noise.presets import (
     PCMPreset,
     ReRAMPreset,
     SigmaRow,
-    get_preset,
-    preset_from_dict,
 )
+from romer.noise.registry import PRESET_NAMES, get_preset, preset_from_dict
 
 __all__ = [
     "MAPPING_GROUPS",

@@ -19,7 +19,8 @@ from torch import nn
 from romer.errors import UserError
 from romer.noise.mapping import MAPPING_GROUPS
 from romer.noise.placement import NAMED_PLACEMENTS, analog_weights, parse_placement
-from romer.noise.presets import NoisePreset, get_preset, preset_from_dict
+from romer.noise.presets import NoisePreset
+from romer.noise.registry import get_preset, preset_from_dict
 
 DEFAULT_PLACEMENT = "moe"
 _PROGRAMMED_FLAG = "_romer_programmed_chip"

@@ -7,13 +7,12 @@ from typing import Optional
 
 import typer
 import yaml
-from rich.console import Console
-from rich.table import Table
 
-from romer.cli_errors import user_errors
+from romer.cli.common import (MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, SET_HELP, T_HELP, chip_from_options,
+                              user_errors)
+from romer.cli.output import console, table
 from romer.errors import UserError
 
-console = Console()
 METHOD_KINDS = ("romer", "replace", "recalibrate", "maxnn", "balance", "noisy")
 
 
@@ -47,26 +46,27 @@ def method_from_options(kind: str, options: list[str], sequences: int | None):
         raise UserError(f"--method {kind}: {where}: {error['msg']}") from None
 
 
-def _plan_table(plan, layers) -> Table:
-    table = Table(title="plan per MoE layer")
-    for column in ("layer", "replaced (cold ← hot)", "scale min … max", "offset min … max", "digital experts",
-                   "CV noisy (calib.)"):
-        table.add_column(column, justify="right")
+def _plan_table(plan, layers):
     fixes = {f.layer: f for f in plan.router}
     replaced = {r.layer: r for r in plan.replacement}
+
+    def span(values) -> str:
+        return "—" if not values else f"{min(values):.3f} … {max(values):.3f}"
+
+    rows = []
     for i, layer in enumerate(layers):
         fix, rep = fixes.get(layer), replaced.get(layer)
-        span = lambda v: "—" if not v else f"{min(v):.3f} … {max(v):.3f}"
-        table.add_row(str(layer), " ".join(f"{c}←{h}" for c, h in rep.pairs) if rep else "—",
-                      span(fix.scale if fix else None), span(fix.offset if fix else None),
-                      " ".join(map(str, plan.digital_experts.get(layer, []))) or "—",
-                      f"{plan.stats['cv_noisy'][i]:.3f}" if "cv_noisy" in plan.stats else "—")
-    return table
+        rows.append((layer, " ".join(f"{c}←{h}" for c, h in rep.pairs) if rep else "—",
+                     span(fix.scale if fix else None), span(fix.offset if fix else None),
+                     " ".join(map(str, plan.digital_experts.get(layer, []))) or "—",
+                     f"{plan.stats['cv_noisy'][i]:.3f}" if "cv_noisy" in plan.stats else "—"))
+    return table("plan per MoE layer", ("layer", "replaced (cold ← hot)", "scale min … max", "offset min … max",
+                                        "digital experts", "CV noisy (calib.)"), rows, keys=(0,))
 
 
 @user_errors
 def calibrate_command(
-    model: str = typer.Option(..., "--model", help="Zoo model name or a local HF folder."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="New folder for the calibrated model and plan.json."),
     method: str = typer.Option("romer", "--method", help=f"One of {', '.join(METHOD_KINDS)}."),
     options: list[str] = typer.Option([], "--with", help="Method option KEY=VALUE, e.g. replace.variant=split, "
@@ -74,35 +74,35 @@ def calibrate_command(
     sequences: Optional[int] = typer.Option(None, help="Calibration windows from the train split (default 64)."),
     preset: str = typer.Option("default", help="Noise preset name, a fitted preset YAML, or default (main chip)."),
     seed: int = typer.Option(0, help="Chip seed."),
-    t: float = typer.Option(86400.0, "--t", help="Inference time, seconds after programming."),
-    placement: str = typer.Option("moe", help="Analog placement: moe, experts, all, or a comma list of groups."),
-    mapping: str = typer.Option("expert", help="Mapping group: expert, channel, tile or tensor."),
-    settings: list[str] = typer.Option([], "--set", help="Preset constant KEY=VALUE."),
+    t: float = typer.Option(86400.0, "--t", help=T_HELP),
+    placement: str = typer.Option("moe", help=PLACEMENT_HELP),
+    mapping: str = typer.Option("expert", help=MAPPING_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Fit a plan on calibration text run through the chip-programmed model; write the calibrated model folder
     (the chip's read-back weights with the plan applied) and plan.json. Evaluate it with `romer eval --model OUT`."""
     from romer.calibrate import Calibrator
     from romer.calibrate.folder import save_calibrated
-    from romer.cli import _chip
     from romer.models import load_model
 
     config = method_from_options(method, options, sequences)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
-    chip = _chip(preset, placement, mapping, seed, t, settings)
+    chip = chip_from_options(preset, placement, mapping, seed, t, settings)
     lm, tokenizer = load_model(model)
     calibrator = Calibrator(config)
-    with console.status(f"fitting {config.name} on {config.calibration.sequences} calibration windows"):
-        plan = calibrator.fit(lm, calibrator.windows(tokenizer), chip) if config.needs_fit else None
+    out_console = console()
+    if config.needs_fit:
+        out_console.print(f"fitting {config.name} on {config.calibration.sequences} calibration windows")
+    plan = calibrator.fit(lm, calibrator.windows(tokenizer), chip) if config.needs_fit else None
     if plan is None:
         from romer.calibrate import Plan
 
         plan = Plan.none(chip)
         plan.method = config.model_dump(mode="json")
     plan.model["source"] = model
-    with console.status(f"writing {out}"):
-        save_calibrated(lm, tokenizer, chip, plan, out)
+    save_calibrated(lm, tokenizer, chip, plan, out)
     if plan.router or plan.replacement or plan.digital_experts:
-        console.print(_plan_table(plan, plan.model.get("moe_layers", [])))
+        out_console.print(_plan_table(plan, plan.model.get("moe_layers", [])))
     routing = "needs romer.load (digital routing corrections)" if plan.changes_routing else "loads in plain transformers"
-    console.print(f"wrote {out} ({routing}); evaluate: romer eval --model {out}")
+    out_console.print(f"wrote {out} ({routing}); evaluate: romer eval --model {out}")

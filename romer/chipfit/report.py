@@ -18,9 +18,9 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from romer.noise.fit import ChipFit, fit_measurements, program_curve, robust_mean_std
+from romer.chipfit.fit import ChipFit, fit_measurements, program_curve, robust_mean_std
 from romer.noise.measured import MeasuredPreset, interp
-from romer.noise.measurements import Measurements
+from romer.chipfit.measurements import Measurements
 
 
 def _pyplot():

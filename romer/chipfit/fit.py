@@ -27,7 +27,7 @@ import torch
 
 from romer.errors import UserError
 from romer.noise.measured import PRESET_FILE_FORMAT, MeasuredPreset
-from romer.noise.measurements import Measurements
+from romer.chipfit.measurements import Measurements
 
 CLIP = 3.5  # robust σ's kept around the median
 _CLIP_STD = math.sqrt(1 - 2 * CLIP * NormalDist().pdf(CLIP) / (2 * NormalDist().cdf(CLIP) - 1))

@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from romer.cli_errors import user_errors
+from romer.cli.common import user_errors
+from romer.cli.output import console
 from romer.errors import UserError
 
 chip_app = typer.Typer(no_args_is_help=True, help="Noise presets fitted to your own chip's measurements.")
-console = Console()
 
 UNITS_HELP = "Units of the file's conductances: uS or normalised (overrides its '# units:' line)."
 G_MAX_HELP = "g_max in µS that normalises µS values (overrides its '# g_max_uS:' line)."
@@ -37,18 +36,18 @@ def chip_fit(
     min_devices: int = typer.Option(8, help="Fewest devices a level needs to be fitted (fewer: skipped)."),
 ):
     """Fit programming noise, drift and read noise per conductance level; write a preset file."""
-    from romer.noise.fit import fit_measurements
-    from romer.noise.measurements import load_measurements
+    from romer.chipfit.fit import fit_measurements
+    from romer.chipfit.measurements import load_measurements
 
     m = load_measurements(measurements, units=units, g_max_uS=g_max_us)
     fit = fit_measurements(m, program_fit=program_fit, degree=degree, min_devices=min_devices)
     path = fit.write(out)
     d, q = fit.data, fit.quality
     times = ", ".join(f"{t:g}" for t in d["times_s"]) if d["times_s"] else "—"
-    console.print(f"{d['rows']} reads, {len(d['levels'])} levels, {d['devices'] or '—'} devices, times {times} s, "
+    console().print(f"{d['rows']} reads, {len(d['levels'])} levels, {d['devices'] or '—'} devices, times {times} s, "
                   f"{d['repeats_median']:g} reads per device and time (median)", highlight=False)
-    console.print(per_level_table(fit))
-    console.print(escape(f"σ_prog(ĝ_T): {dict(fit.preset.describe())['σ_prog']}"), highlight=False)
+    console().print(per_level_table(fit))
+    console().print(escape(f"σ_prog(ĝ_T): {dict(fit.preset.describe())['σ_prog']}"), highlight=False)
     quality = Table(title="fit quality")
     quality.add_column("quantity")
     quality.add_column("value", justify="right")
@@ -60,11 +59,11 @@ def chip_fit(
                           f"{len(q['programming']['levels'])} / {len(q['drift']['levels'])} / "
                           f"{len(q['read_noise']['levels'])}")):
         quality.add_row(label, "—" if value is None else value if isinstance(value, str) else f"{value:.4g}")
-    console.print(quality)
+    console().print(quality)
     for s in fit.skipped:
         where = f"ĝ_T = {s['g_target']:g}" if s["g_target"] is not None else "all levels"
-        console.print(f"skipped {s['quantity']} ({where}): {s['reason']}", highlight=False)
-    console.print(f"wrote {path} — use it as --preset {path}", highlight=False)
+        console().print(f"skipped {s['quantity']} ({where}): {s['reason']}", highlight=False)
+    console().print(f"wrote {path} — use it as --preset {path}", highlight=False)
 
 
 def per_level_table(fit) -> Table:
@@ -107,10 +106,10 @@ def chip_report(
     seed: int = typer.Option(0, help="Seed of the bootstrap generator."),
 ):
     """Plots (σ_prog with a bootstrap band, drift curves, ν and Q per level, QQ-plot) and a one-page HTML."""
-    from romer.noise.fit_report import write_report
+    from romer.chipfit.report import write_report
     from romer.noise.measured import MeasuredPreset
-    from romer.noise.measurements import load_measurements
-    from romer.noise.presets import get_preset
+    from romer.chipfit.measurements import load_measurements
+    from romer.noise.registry import get_preset
 
     preset = get_preset(str(preset_file))
     if not isinstance(preset, MeasuredPreset):
@@ -120,4 +119,4 @@ def chip_report(
         raise UserError(f"--bootstraps must be at least 10 (got {bootstraps})")
     m = load_measurements(data, units=units, g_max_uS=g_max_us)
     paths = write_report(preset, _report_settings(preset_file, preset), m, out, seed=seed, n_boot=bootstraps)
-    console.print(f"wrote {len(paths)} files to {out}: {', '.join(paths)}", highlight=False)
+    console().print(f"wrote {len(paths)} files to {out}: {', '.join(paths)}", highlight=False)

@@ -6,31 +6,26 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from romer.cli_errors import user_errors
+from romer.cli.common import user_errors
+from romer.cli.output import console, table
 from romer.errors import UserError
 
-console = Console()
 
-
-def results_table(rows: list[dict], title: str) -> Table:
+def results_table(rows: list[dict], title: str):
     """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval); preset,
-    t and placement go into the title when they take one value only."""
+    t and placement go into the title when they take one value only. Model, preset and method names are never
+    cut: the numeric columns fold instead."""
     from romer.report.tables import HEADER, cells
 
     constant = {i for i in (1, 2, 3) if len({cells(r)[i] for r in rows}) == 1}
     shown = [i for i in range(len(HEADER)) if i not in constant and HEADER[i] != "95 % interval"]
     if rows and constant:
         title += " (" + ", ".join(f"{HEADER[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
-    table = Table(title=title)
-    for i in shown:
-        table.add_column(HEADER[i], justify="right" if i >= 5 else "left")
-    for row in rows:
-        values = cells(row)
-        table.add_row(*(values[i] for i in shown))
-    return table
+    keys = [j for j, i in enumerate(shown) if HEADER[i] in ("model", "preset", "method")]
+    right = [j for j, i in enumerate(shown) if i >= 5]
+    return table(title, [HEADER[i] for i in shown], [[cells(r)[i] for i in shown] for r in rows], keys=keys,
+                 right=right)
 
 
 def _check_models(models: list[str]) -> None:
@@ -42,8 +37,8 @@ def _check_models(models: list[str]) -> None:
 
 
 def _print_report(report, out: Path) -> None:
-    console.print(results_table(report.rows, report.title))
-    console.print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
+    console().print(results_table(report.rows, report.title))
+    console().print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
                   f"{len(report.plots)} plots in {out / 'plots'})", highlight=False)
 
 
@@ -84,7 +79,7 @@ def run_command(
     if evaluator is None:
         _check_models(cfg.models)
     chips = len(cfg.groups()) // len(cfg.models)
-    console.print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
+    console().print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
                   f"{len(cfg.methods)} methods), config {cfg.config_hash[:12]}, store {store}", highlight=False)
     try:
         summary = run_experiment(cfg, store, evaluator=evaluator, backend=backend,
@@ -92,10 +87,10 @@ def run_command(
     except KeyboardInterrupt:
         with ResultsStore(store) as opened:
             done = opened.count(cfg.config_hash)
-        console.print(f"interrupted: {done} of {cfg.trial_count()} trials are stored in {store}; run the same "
+        console().print(f"interrupted: {done} of {cfg.trial_count()} trials are stored in {store}; run the same "
                       "command again to continue", highlight=False)
         raise typer.Exit(130) from None
-    console.print(f"{summary.computed} trials computed, {summary.skipped} already stored, "
+    console().print(f"{summary.computed} trials computed, {summary.skipped} already stored, "
                   f"{summary.seconds:.1f} s", highlight=False)
     report = write_report(store, out, cfg.config_hash)
     _print_report(report, out)

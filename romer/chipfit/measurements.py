@@ -23,6 +23,7 @@ import torch
 
 from romer.errors import UserError
 from romer.noise import functional as F
+from romer.noise.measured import MeasuredPreset
 from romer.noise.presets import NoisePreset, _PhaseChangePreset
 
 UNITS = {"us": "uS", "µs": "uS", "μs": "uS", "microsiemens": "uS", "normalised": "normalised",
@@ -222,8 +223,6 @@ def _device_index(path: Path, columns: dict[str, list], g_target: np.ndarray, li
 # ---------------------------------------------------------------- sampling from a preset
 def _sigma_read(preset: _PhaseChangePreset, g_prog: torch.Tensor, t_since: float) -> torch.Tensor:
     """Relative read noise of a PCM-like preset at ĝ_prog, t_since s after programming."""
-    from romer.noise.measured import MeasuredPreset
-
     if isinstance(preset, MeasuredPreset):
         return preset.sigma_read(g_prog, t_since)
     return preset.read_noise_scale * type(preset).read_sigma(g_prog, t_since, preset.t_read_s)

@@ -1,0 +1,98 @@
+"""What every command shares: error handling (one line, no traceback unless asked) and the chip options."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+import typer
+
+from romer.errors import UserError
+
+DEBUG_ENV = "ROMER_DEBUG"
+
+PRESET_HELP = ("Noise preset: pcm, hermes, reram, gaussian, gaussian-mult, a preset file (.yaml, e.g. from "
+               "`romer chip fit`), or default (the main job's chip)")
+PLACEMENT_HELP = "Analog placement: moe, experts, all, or a comma list of groups."
+MAPPING_HELP = "Mapping group: expert, channel, tile or tensor."
+T_HELP = "Inference time, seconds after programming."
+SET_HELP = "Preset constant KEY=VALUE, e.g. prog_noise_scale=3."
+MODEL_HELP = "Zoo model name or a local Hugging Face folder."
+
+
+def debug_enabled() -> bool:
+    """True with `romer --debug …` or the environment variable ROMER_DEBUG=1: errors show their traceback."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().params or {}).get("debug"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def user_errors(command):
+    """Run a command so that no error ends in a traceback by default.
+
+    A user mistake (UserError) is one line on stderr and exit status 2; any other error is one line naming its
+    type and exit status 1 (its traceback with --debug or ROMER_DEBUG=1); Ctrl-C is exit status 130.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except UserError as exc:
+            if debug_enabled():
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 — the last line of defence: one line, traceback on request
+            if debug_enabled():
+                raise
+            typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+                       err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def check_window(window: int) -> None:
+    if window < 2:
+        raise UserError(f"--window must be at least 2 tokens, got {window}")
+
+
+def check_at_least(name: str, value: int, least: int = 1) -> None:
+    if value < least:
+        raise UserError(f"{name} must be at least {least}, got {value}")
+
+
+def preset_overrides(settings: list[str]) -> dict[str, str]:
+    """``["prog_noise_scale=3", …]`` → ``{"prog_noise_scale": "3", …}``; UserError for an item without "="."""
+    overrides = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE (a preset constant), got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def chip_from_options(preset: str, placement: str, mapping: str, seed: int, t: float, settings: list[str]):
+    """A Chip from CLI options; preset "default" is the main job's default chip (its scales unless --set)."""
+    from romer.noise.chip import DEFAULT_CHIP, Chip
+
+    overrides = preset_overrides(settings)
+    if preset == "default":
+        scales = {k: v for k, v in DEFAULT_CHIP.items() if k.endswith("_scale")}
+        return Chip.from_options(DEFAULT_CHIP["preset"], placement=placement, mapping=mapping, seed=seed,
+                                 t_inference=t, **{**scales, **overrides})
+    return Chip.from_options(preset, placement=placement, mapping=mapping, seed=seed, t_inference=t, **overrides)

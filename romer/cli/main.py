@@ -1,0 +1,40 @@
+"""The `romer` entry point: assembles the command modules into one app (the only importer of romer.cli.*)."""
+
+from __future__ import annotations
+
+import typer
+
+from romer.cli.calibrate import calibrate_command
+from romer.cli.chip import chip_app
+from romer.cli.common import DEBUG_ENV
+from romer.cli.eval import eval_command
+from romer.cli.noise import noise_app
+from romer.cli.run import report_command, run_command
+from romer.cli.stats import stats_command
+from romer.cli.zoo import zoo_app
+
+
+def _root(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks of errors (or set {DEBUG_ENV}=1).")):
+    """MoE LLMs on simulated analog CIM hardware."""
+
+
+def build_app() -> typer.Typer:
+    """The `romer` command with every command group."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="MoE LLMs on simulated analog CIM hardware.")
+    app.callback()(_root)
+    app.command("eval")(eval_command)
+    app.command("stats")(stats_command)
+    app.command("calibrate")(calibrate_command)
+    app.command("run")(run_command)
+    app.command("report")(report_command)
+    app.add_typer(zoo_app, name="zoo")
+    app.add_typer(noise_app, name="noise")
+    app.add_typer(chip_app, name="chip")
+    return app
+
+
+app = build_app()
+
+if __name__ == "__main__":
+    app()

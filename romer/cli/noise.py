@@ -1,0 +1,77 @@
+"""`romer noise`: the analog device presets (show, plot) and the zoo's noise sensitivity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from romer.cli.common import SET_HELP, check_at_least, preset_overrides, user_errors
+from romer.cli.output import JSON_HELP, console, table, write_json
+
+noise_app = typer.Typer(no_args_is_help=True, help="Analog device noise presets.")
+PRESET_ARG_HELP = "pcm, hermes, reram, gaussian, gaussian-mult, or a preset file (.yaml)."
+SHOW_TIMES_S = (0.0, 1.0, 3600.0, 86400.0, 3.15e7)
+SHOW_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+@noise_app.command("show")
+@user_errors
+def noise_show(
+    preset: str = typer.Argument(..., help=PRESET_ARG_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
+):
+    """A preset's constants and the spread of the read-back conductance σ(ĝ) at a few times."""
+    from romer.noise import get_preset
+
+    chosen = get_preset(preset, **preset_overrides(settings))
+    times = [t for t in SHOW_TIMES_S if t <= chosen.max_t_inference]
+    rows = chosen.sigma_table(SHOW_LEVELS, times)
+    constants = chosen.describe()
+    payload = {"preset": chosen.name, "settings": chosen.to_dict(), "constants": dict(constants),
+               "sigma": [row._asdict() for row in rows]}
+    if write_json(json_path, payload):
+        return
+    out = console()
+    out.print(table(f"preset {chosen.name}", ("constant", "value"), constants, keys=(0,), right=()))
+    cells = [[f"{g:g}", *(f"{r.std:.4f} ({r.mean:.3f})" for r in rows if r.g_target == g)] for g in SHOW_LEVELS]
+    out.print(table("std of read-back ĝ = g/g_max (mean in brackets), no drift compensation",
+                    ("ĝ_T", *(f"t = {t:g} s" for t in times)), cells, keys=()))
+
+
+@noise_app.command("plot")
+@user_errors
+def noise_plot(
+    preset: str = typer.Argument(..., help=PRESET_ARG_HELP),
+    out: Optional[Path] = typer.Option(None, help="PNG path (default PRESET_noise.png)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Write a PNG: programming / total noise vs conductance, and drift vs time."""
+    from romer.noise import get_preset
+    from romer.noise.plot import plot_preset
+
+    chosen = get_preset(preset, **preset_overrides(settings))
+    path = plot_preset(chosen, out or Path(f"{chosen.name}_noise.png"))
+    console().print(f"wrote {path}")
+
+
+@noise_app.command("sensitivity")
+@user_errors
+def noise_sensitivity(
+    models: Optional[list[str]] = typer.Option(None, "--model", help="Models (default: the whole zoo)."),
+    chips: int = typer.Option(3, help="Chips per setting (seeds 0 … CHIPS−1)."),
+    max_chars: int = typer.Option(80_000, help="Characters of the validation split to evaluate."),
+    json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
+):
+    """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
+    from romer.experiment.sensitivity import markdown, sensitivity
+    from romer.models import zoo_names
+
+    check_at_least("--chips", chips)
+    to_stdout = json_path == "-"
+    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=not to_stdout)
+               for name in models or zoo_names()]
+    if not write_json(json_path, results):
+        typer.echo(markdown(results))

@@ -1,0 +1,67 @@
+"""`romer stats`: per-layer routing statistics, clean or against a simulated chip, and oracle routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from romer.cli.common import (MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PRESET_HELP, SET_HELP, T_HELP,
+                              check_at_least, check_window, chip_from_options, user_errors)
+from romer.cli.output import JSON_HELP, console, table, write_json
+from romer.errors import UserError
+
+
+@user_errors
+def stats_command(
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean routing only."),
+    chips: int = typer.Option(5, help="Number of simulated chips."),
+    seed: int = typer.Option(0, help="Seed of the first chip."),
+    t: float = typer.Option(86400.0, "--t", help=T_HELP),
+    placement: str = typer.Option("moe", help=PLACEMENT_HELP),
+    mapping: str = typer.Option("expert", help=MAPPING_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    split: str = typer.Option("validation", help="Corpus split."),
+    max_chars: Optional[int] = typer.Option(None, help="Only the first N characters of the split."),
+    window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
+    json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
+    plots: Optional[Path] = typer.Option(None, help="Write routing plots (PNG) into this folder."),
+):
+    """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing."""
+    from romer.data import load_text
+    from romer.experiment.routing_study import fmt, routing_study
+    from romer.models import load_model
+    from romer.routing import RoutingStats
+
+    check_window(window)
+    check_at_least("--chips", chips)
+    if settings and not preset:
+        raise UserError("--set needs --preset")
+    chip = chip_from_options(preset, placement, mapping, seed, t, settings) if preset else None
+    to_stdout = json_path == "-"
+    text = load_text(split)[:max_chars]
+    lm, tokenizer = load_model(model)
+    result = routing_study(lm, tokenizer, text, chip, chips=chips, window=window, progress=not to_stdout)
+    records = result.pop("records")
+    if plots is not None:
+        from romer.routing.plots import write_routing_plots
+
+        write_routing_plots(records["clean"], records.get("noisy", records["clean"]), plots,
+                            prefix=f"{Path(model).name}_")
+    if write_json(json_path, {"model": model, "split": split, "max_chars": max_chars, **result}):
+        return
+    shown = (RoutingStats.from_record(records["noisy"], reference=records["clean"]) if chip
+             else RoutingStats.from_record(records["clean"]))
+    rows = shown.table_rows()
+    title = f"{model} on {split}: " + (f"chip seed {seed} vs clean ({chip.placement_name()})" if chip else "clean")
+    out = console()
+    out.print(table(title, list(rows[0]), [list(row.values()) for row in rows], keys=()))
+    if chip:
+        s = result["summary"]
+        out.print(f"over {chips} chips: PPL clean {result['clean_ppl']:.2f}, noisy {fmt(s['noisy_ppl'])}, "
+                  f"oracle routing {fmt(s['oracle_ppl'])}; routing share of the damage "
+                  f"{fmt(s['routing_share'])}; load CV {fmt(s['cv'], 3)}; Jaccard {fmt(s['jaccard'], 3)}")
+    if plots is not None:
+        out.print(f"plots in {plots}")
