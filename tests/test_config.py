@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from romer.calibrate.config import ablation_methods, default_methods
 from romer.cli.run import report_command, run_command
 from romer.errors import UserError
-from romer.experiment.config import ExperimentConfig, TrialGroup, load_config
+from romer.experiment.config import ExperimentConfig, TrialGroup
+from romer.experiment.config_file import load_config
 
 app = typer.Typer()
 app.command("run")(run_command)

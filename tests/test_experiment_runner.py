@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from romer.experiment.config import load_config
+from romer.experiment.config_file import load_config
 from romer.experiment.runner import pending, resolve_evaluator, run_experiment
 from romer.experiment.store import ResultsStore, git_revision
 
@@ -135,7 +135,7 @@ def test_default_evaluator_resolves_lazily():
 
 KILLED_RUN = textwrap.dedent("""
     import sys
-    from romer.experiment.config import load_config
+    from romer.experiment.config_file import load_config
     from romer.experiment.runner import run_experiment
     from tests.test_experiment_runner import SMALL, SlowEvaluator
     run_experiment(load_config("default", SMALL), sys.argv[1], evaluator=SlowEvaluator(0.2), progress=False)

@@ -11,7 +11,7 @@ from matplotlib import image as mpimg
 from typer.testing import CliRunner
 
 from romer.cli.run import report_command, run_command
-from romer.experiment.config import load_config
+from romer.experiment.config_file import load_config
 from romer.experiment.runner import run_experiment
 from romer.report import aggregate, t_quantile, write_report
 from tests.test_experiment_runner import fake_evaluator

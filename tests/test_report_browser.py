@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from romer.experiment.config import load_config
+from romer.experiment.config_file import load_config
 from romer.experiment.runner import run_experiment
 from romer.report import write_report
 from tests.test_experiment_runner import fake_evaluator

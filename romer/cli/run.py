@@ -61,7 +61,7 @@ def run_command(
 ):
     """Run an experiment (models × presets × placements × t × chips × methods), resumably: every trial is stored
     as soon as it is done and a rerun skips stored trials; then write the report (tables, plots, HTML)."""
-    from romer.experiment.config import load_config
+    from romer.experiment.config_file import load_config
     from romer.experiment.runner import run_experiment
     from romer.experiment.store import ResultsStore
     from romer.io import write_text_atomic

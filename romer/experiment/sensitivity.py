@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-
 from romer.data import load_text
 from romer.eval import perplexity
 from romer.experiment.noisy import noisy_perplexity
