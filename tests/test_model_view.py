@@ -1,4 +1,4 @@
-"""The MoE view over tiny random models of every supported family, and a synthetic deepseek-moe-16b tree."""
+"""The MoE view over tiny random models of every named family, and a synthetic deepseek-moe-16b tree."""
 
 from __future__ import annotations
 
@@ -10,29 +10,40 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.tiny_models import CONFIGS, H, K, VOCAB, E, tiny
+from tests.tiny_models import CONFIGS, H, K, NAMES, VOCAB, E, tiny
 
 from romer.models.view import (
     SUPPORTED_MODEL_TYPES,
+    DenseModelError,
     MoELayer,
+    RoutingRule,
     UnsupportedModelError,
     dense_mlp_layers,
     moe_config,
     moe_layers,
 )
 
-# family: (MoE layer indices, scoring, norm_topk_prob, shared experts, shared gate)
+# family: (MoE layer indices, shared experts, shared gate, routing rule, router bias, experts (transposed,
+# concatenated, biased)) — the rules as read in transformers 5.24's modeling code and the tiny configs
+SOFTMAX, GROUPS = RoutingRule(), dict(n_group=4, topk_group=2)
+PLAIN = (False, True, False)
 EXPECTED = {
-    "olmoe": ([0, 1, 2], "softmax", False, 0, False),
-    "qwen2_moe": ([0, 1, 2], "softmax", False, 1, True),
-    "qwen3_moe": ([0, 1, 2], "softmax", True, 0, False),
-    "mixtral": ([0, 1, 2], "softmax", True, 0, False),
-    "deepseek_v2": ([1, 2], "softmax", False, 1, False),
-    "deepseek_v3": ([1, 2], "sigmoid", True, 1, False),
+    "olmoe": ([0, 1, 2], 0, False, SOFTMAX, False, PLAIN),
+    "qwen2_moe": ([0, 1, 2], 1, True, SOFTMAX, False, PLAIN),
+    "qwen3_moe": ([0, 1, 2], 0, False, RoutingRule(norm_topk_prob=True), False, PLAIN),
+    "mixtral": ([0, 1, 2], 0, False, RoutingRule(norm_topk_prob=True), False, PLAIN),
+    "deepseek_v2": ([1, 2], 1, False, SOFTMAX, False, PLAIN),
+    "deepseek_v3": ([1, 2], 1, False, RoutingRule(scoring="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+                                                  group_score="top2", **GROUPS), False, PLAIN),
+    "gpt_oss": ([0, 1, 2], 0, False, RoutingRule(order="topk_softmax"), True, (True, False, True)),
+    "deepseek_v2-group": ([1, 2], 1, False, RoutingRule(routed_scaling_factor=1.5, masked_fill=0.0, **GROUPS),
+                          False, PLAIN),
+    "deepseek_v3-greedy": ([1, 2], 1, False, RoutingRule(scoring="sigmoid", norm_topk_prob=True,
+                                                         routed_scaling_factor=2.5), False, PLAIN),
 }
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=NAMES)
 def family(request):
     return request.param, tiny(request.param)
 
@@ -46,29 +57,43 @@ def inside(view: torch.Tensor, param: torch.Tensor) -> bool:
     return start <= view.data_ptr() < start + param.numel() * param.element_size()
 
 
-def expert_by_hand(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    return (F.silu(x @ w["gate"].T) * (x @ w["up"].T)) @ w["down"].T
+def expert_by_hand(w: dict[str, torch.Tensor], x: torch.Tensor, module: nn.Module | None = None,
+                   b: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """y = down(act(gate x) · up x) from the (out, in) views; a fused module's own gate function when given
+    (gpt_oss clamps and adds one), fed its own storage order (concatenated halves or interleaved)."""
+    b = b or {}
+    gate, up = x @ w["gate"].T + b.get("gate", 0), x @ w["up"].T + b.get("up", 0)
+    if module is None:
+        hidden = F.silu(gate) * up
+    elif module.is_concatenated:
+        hidden = module._apply_gate(torch.cat([gate, up], dim=-1))
+    else:
+        hidden = module._apply_gate(torch.stack([gate, up], dim=-1).flatten(-2))
+    return hidden @ w["down"].T + b.get("down", 0)
 
 
-def test_supported_types_listed():
+def test_named_families_listed():
     assert set(CONFIGS) | {"deepseek"} == set(SUPPORTED_MODEL_TYPES)
 
 
 def test_layers_found(family):
-    model_type, model = family
-    indices, scoring, norm, n_shared, has_gate = EXPECTED[model_type]
+    name, model = family
+    indices, n_shared, has_gate, rule, router_bias, (transposed, concatenated, biased) = EXPECTED[name]
     layers = moe_layers(model)
     assert [layer.index for layer in layers] == indices
     for layer in layers:
-        assert layer.block is model.model.layers[layer.index].mlp
+        assert layer.block is model.model.layers[layer.index].mlp and layer.name == f"model.layers.{layer.index}.mlp"
         assert (layer.num_experts, layer.top_k, layer.experts.num_experts) == (E, K, E)
-        assert layer.experts.layout == "fused"
-        assert (layer.scoring, layer.norm_topk_prob) == (scoring, norm)
+        assert layer.experts.layout == "fused" and layer.rule == rule
+        assert (layer.experts.is_transposed, layer.experts.is_concatenated, layer.experts.has_bias) == (
+            transposed, concatenated, biased)
         assert len(layer.shared_experts) == n_shared and (layer.shared_expert_gate is not None) == has_gate
-        assert layer.router_weight.shape == (E, H) and layer.router_bias is None
-        assert (layer.score_correction_bias is not None) == (model_type == "deepseek_v3")
+        assert layer.router_weight.shape == (E, H) and (layer.router_bias is not None) == router_bias
+        assert (layer.score_correction_bias is not None) == name.startswith("deepseek_v3")
         assert set(layer.experts.parameters_by_name()) == {"gate_up_proj", "down_proj"}
-    assert layers[0].routed_scaling_factor == (2.5 if model_type == "deepseek_v3" else 1.0)
+        assert set(layer.experts.bias_parameters_by_name()) == (
+            {"gate_up_proj_bias", "down_proj_bias"} if biased else set())
+        assert layer.router_output == ("logits", "weights", "indices")
     dense = dense_mlp_layers(model)
     assert [i for i, _ in dense] == sorted(set(range(3)) - set(indices))
     assert all(mlp is model.model.layers[i].mlp for i, mlp in dense)
@@ -86,19 +111,22 @@ def test_weights_are_views_and_match_the_family(family):
     params = layer.experts.parameters_by_name()
     x = torch.randn(5, H, generator=torch.Generator().manual_seed(2))
     e = 3
-    w = layer.experts.weights(e)
+    params.update(layer.experts.bias_parameters_by_name())
+    w, b = layer.experts.weights(e), layer.experts.biases(e)
     inter = moe_config(model.config)["moe_intermediate_size"]
     assert w["gate"].shape == w["up"].shape == (inter, H) and w["down"].shape == (H, inter)
     assert inside(w["gate"], params["gate_up_proj"]) and inside(w["up"], params["gate_up_proj"])
     assert inside(w["down"], params["down_proj"])
+    assert all(inside(v, params[f"{'gate_up' if k != 'down' else 'down'}_proj_bias"]) for k, v in b.items())
+    assert set(layer.experts.tensors(e)) == {"gate", "up", "down"} | {f"{k}_bias" for k in b}
     with torch.no_grad():
         own = layer.experts.module(x, torch.full((5, 1), e), torch.ones(5, 1))
-        torch.testing.assert_close(expert_by_hand(w, x), own, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(expert_by_hand(w, x, layer.experts.module, b), own, rtol=1e-5, atol=1e-6)
         saved = {k: v.clone() for k, v in params.items()}
         try:
-            for view in w.values():
+            for view in layer.experts.tensors(e).values():
                 view.zero_()
-            assert params["gate_up_proj"][e].abs().sum() == 0 and params["down_proj"][e].abs().sum() == 0
+            assert all(p[e].abs().sum() == 0 for p in params.values())
             assert params["gate_up_proj"][e - 1].abs().sum() > 0
             assert layer.experts.module(x, torch.full((5, 1), e), torch.ones(5, 1)).abs().sum() == 0
         finally:
@@ -239,18 +267,20 @@ def test_modulelist_router_hook(deepseek):
 # --- errors and config aliases ------------------------------------------------------------------------------
 
 
-def test_unsupported_model_type():
+def test_dense_model_is_refused_in_one_line():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=48, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=4))
     for fn in (moe_layers, dense_mlp_layers):
-        with pytest.raises(UnsupportedModelError, match="'llama'") as info:
+        with pytest.raises(DenseModelError) as info:
             fn(llama)
-        assert isinstance(info.value, ValueError) and "supported: olmoe" in str(info.value)
+        assert isinstance(info.value, ValueError) and str(info.value) == (
+            "model_type 'llama' (LlamaForCausalLM) is a dense model: no decoder layer has routed experts; "
+            "romer needs a mixture-of-experts model")
 
 
 def test_known_type_without_moe_layers_raises(deepseek):
     all_dense = DeepseekForCausalLM(SimpleNamespace(**{**vars(deepseek.config), "first_k_dense_replace": 3}))
-    with pytest.raises(UnsupportedModelError, match="no decoder layer has an MoE block"):
+    with pytest.raises(DenseModelError, match="'deepseek' .* is a dense model"):
         moe_layers(all_dense)
 
 

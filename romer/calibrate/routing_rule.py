@@ -9,8 +9,9 @@ each fixed router that recomputes the top-k selection and the gate weights from 
 * masked slots (replaced cold experts, variants replica and redirect) can never be chosen;
 * split pairs (variant split): every second token routed to a hot expert goes to its replica instead.
 
-Selection follows the family's rule (softmax or sigmoid scores, score-correction bias, top-k, optional
-renormalisation, routed scaling factor), greedy only. The gate weights come from z' ("selection+gates") or
+Selection follows the layer's own rule (``romer.models.rules``: softmax or sigmoid scores, score-correction
+bias, group-limited top-k (deepseek), top-k-then-softmax (gpt_oss), optional renormalisation, routed scaling
+factor); masked slots are excluded before groups are scored. The gate weights come from z' ("selection+gates") or
 from the router's own z ("selection"). The hook returns the corrected logits in the router's logits slot, so
 a routing recorder installed after it sees what the calibrated model routes on. Layers without a fix keep
 their router untouched.
@@ -18,11 +19,11 @@ their router untouched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
+from romer.models.rules import select
 from romer.models.view import MoELayer, UnsupportedModelError
 from romer.routing.recorder import router_logits
 
@@ -82,37 +83,12 @@ def route(layer: MoELayer, z: torch.Tensor, fix: RouterFix, weight_dtype: torch.
     z_fixed = corrected_logits(z, fix)
     z_choice = z_fixed if fix.selection_bias is None else z_fixed + _tensor(fix.selection_bias, z_fixed)
     z_gate = z_fixed if fix.apply_to == "selection+gates" else z
-    if layer.scoring == "softmax":
-        choice = z_choice
-        scores = torch.softmax(z_gate, dim=-1)
-    else:
-        choice = torch.sigmoid(z_choice)
-        if layer.score_correction_bias is not None:
-            choice = choice + layer.score_correction_bias.float()
-        scores = torch.sigmoid(z_gate)
-    if fix.masked:
-        choice = choice.clone()
-        choice[:, fix.masked] = -math.inf
-    indices = torch.topk(choice, layer.top_k, dim=-1).indices
-    weights = scores.gather(1, indices)
-    if layer.norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    weights = weights * layer.routed_scaling_factor
+    weights, indices = select(layer.rule, layer.top_k, z_choice, z_gate, layer.score_correction_bias, fix.masked)
     if fix.split:
         odd = (torch.arange(indices.shape[0], device=indices.device) % 2 == 1)[:, None]
         for hot, replica in fix.split:
             indices = torch.where(odd & (indices == hot), torch.full_like(indices, replica), indices)
     return z_fixed, weights.to(weight_dtype), indices
-
-
-def _check_greedy(layer: MoELayer) -> None:
-    router = layer.router
-    groups = getattr(router, "num_group", None) or getattr(router, "n_group", None)
-    method = getattr(router, "topk_method", "greedy")
-    if (groups not in (None, 1) and getattr(router, "topk_group", groups) != groups) or method not in (
-            "greedy", "noaux_tc", None):
-        raise UnsupportedModelError(f"layer {layer.index}: group-limited routing (n_group={groups}, "
-                                    f"topk_method={method!r}) is not supported by routing corrections")
 
 
 def _hook(layer: MoELayer, fix: RouterFix):
@@ -146,7 +122,6 @@ def install(layers: list[MoELayer], fixes: list[RouterFix]) -> list:
                 raise UnsupportedModelError(f"the plan fixes MoE layer {fix.layer}, the model has "
                                             f"{sorted(by_index)}")
             layer = by_index[fix.layer]
-            _check_greedy(layer)
             handles.append(layer.router.register_forward_hook(_hook(layer, fix)))
     except BaseException:
         for h in handles:

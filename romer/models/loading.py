@@ -1,18 +1,34 @@
-"""Safe local loading of causal LMs: zoo names or local HF folders, safetensors only, no remote code."""
+"""Safe local loading of causal LMs: zoo names or local HF folders, never the network.
+
+Safetensors only unless ``allow_pickle=True`` (a ``pytorch_model.bin`` can run code when unpickled); remote
+code (a config.json with ``auto_map``) only with ``trust_remote_code=True``. Every refusal is a one-line
+``ModelNotFoundError`` / ``UnsafeModelError`` / ``UnsupportedModelError`` (all ``UserError``): a missing folder, a
+folder without config.json, a config.json that is not JSON, corrupt or truncated safetensors, NaN/Inf weights
+(named), a dense model, an unknown MoE layout, a meta or unknown device.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from romer.errors import UserError
+from romer.models.families import UnsupportedModelError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 class ModelNotFoundError(UserError):
     """A model name or folder that cannot be loaded; the message is one line meant for users."""
+
+
+class UnsafeModelError(UserError):
+    """Loading would run untrusted code (pickled weights, remote modeling code) and the user did not opt in."""
 
 
 def zoo_names() -> list[str]:
@@ -20,8 +36,9 @@ def zoo_names() -> list[str]:
     return sorted(p.parent.name for p in ZOO_DIR.glob("*/train.yaml"))
 
 
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A zoo name or a local folder → the folder holding config.json and *.safetensors."""
+def resolve_model_dir(name_or_path: str | Path, allow_pickle: bool = False) -> Path:
+    """A zoo name or a local folder → the folder holding config.json and its weights (*.safetensors, or
+    pickled weights when ``allow_pickle``)."""
     text = str(name_or_path)
     if text in zoo_names():
         folder = ZOO_DIR / text
@@ -36,21 +53,109 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     if not (folder / "config.json").exists():
         raise ModelNotFoundError(f"{folder}: no config.json, not a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
-        raise ModelNotFoundError(f"{folder}: no *.safetensors weights (romer never loads pickled checkpoints)")
+        pickled = [name for name in PICKLE_FILES if (folder / name).exists()]
+        if not pickled:
+            raise ModelNotFoundError(f"{folder}: no *.safetensors weights")
+        if not allow_pickle:
+            raise UnsafeModelError(f"{folder}: only pickled weights ({pickled[0]}); romer never loads pickled "
+                                   "checkpoints unless asked: pass allow_pickle=True (--allow-pickle) if you trust "
+                                   "the file")
     return folder
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load a causal LM and its tokenizer from the zoo or a local folder, in eval mode.
+def read_config(folder: Path, trust_remote_code: bool = False) -> dict:
+    """config.json as a dict; refuses a file that is not a JSON object, and remote code (``auto_map``) without
+    ``trust_remote_code``."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelNotFoundError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"{path}: not a JSON object")
+    if "auto_map" in config and not trust_remote_code:
+        raise UnsafeModelError(f"{path} asks for remote modeling code (auto_map: "
+                               f"{', '.join(sorted(config['auto_map']))}); romer runs it only when asked: pass "
+                               "trust_remote_code=True (--trust-remote-code) if you trust the folder")
+    return config
 
-    Safetensors only, ``trust_remote_code=False``, no network. Returns ``(model, tokenizer)``.
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` → cuda if available, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given. Refuses meta and
+    devices this machine does not have."""
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"unknown device {text!r}; use cpu, cuda, cuda:N or auto") from error
+    if resolved.type == "meta":
+        raise UserError("device 'meta' holds no weights; use cpu, cuda, cuda:N or auto")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise UserError(f"device {text!r} is not available here ({count} CUDA devices visible)")
+    elif resolved.type != "cpu":
+        raise UserError(f"unsupported device {text!r}; use cpu, cuda, cuda:N or auto")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype = torch.float32) -> torch.dtype:
+    """A torch floating dtype or one of its names (float32, bfloat16, float16, fp32, bf16, fp16)."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise UserError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
+
+
+def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               *, allow_pickle: bool = False, trust_remote_code: bool = False, check_moe: bool = True):
+    """Load a causal LM and its tokenizer from the zoo or a local folder, in eval mode: ``(model, tokenizer)``.
+
+    No network. Safetensors only unless ``allow_pickle``; remote code only with ``trust_remote_code``; weights
+    must be finite. ``check_moe`` (default) refuses a dense model or an MoE layout romer cannot read, before
+    anything else runs.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = resolve_model_dir(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
-    ).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    model.eval()
+    folder = resolve_model_dir(name_or_path, allow_pickle=allow_pickle)
+    read_config(folder, trust_remote_code=trust_remote_code)
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code, local_files_only=True)
+    except (SafetensorError, OSError, EOFError) as error:
+        raise ModelNotFoundError(f"{folder}: cannot read the weights ({_first_line(error)})") from error
+    except ValueError as error:
+        if "remote code" in str(error) or "trust_remote_code" in str(error):
+            raise UnsafeModelError(f"{folder}: {_first_line(error)}") from error
+        raise ModelNotFoundError(f"{folder}: cannot load the model ({_first_line(error)})") from error
+    model = model.to(torch_device).eval()
+    check_finite(model, folder)
+    if check_moe:
+        from romer.models.view import moe_layers
+
+        moe_layers(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+@torch.no_grad()
+def check_finite(model: torch.nn.Module, where: str | Path = "model") -> None:
+    """Refuse a model with a NaN or infinite value in any parameter or persistent buffer, naming the tensor."""
+    for name, tensor in model.state_dict().items():  # parameters and persistent buffers
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{where}: tensor {name} holds NaN or infinite values; refusing to run it")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+__all__ = ["DTYPES", "ModelNotFoundError", "UnsafeModelError", "UnsupportedModelError", "check_finite",
+           "load_model", "read_config", "resolve_device", "resolve_dtype", "resolve_model_dir", "zoo_names"]
