@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/romer run
 
-test: $(VENV)/.installed chromium
+# aihwkit (the .bench-installed target) so that tests/test_noise_aihwkit.py's reference checks run, not skip.
+test: $(VENV)/.bench-installed chromium
 	$(PY) -m pytest -q
 
 # Headless Chromium for tests/test_report_browser.py: apt-get installs it where it is missing and we are root;
@@ -26,7 +27,7 @@ chromium:
 	  apt-get update -q && apt-get install -y -q chromium || echo "chromium not installed: the browser test skips"; fi
 
 # aihwkit 1.1.0 is the last release with a Python 3.11 wheel; --no-deps keeps its torchvision pin from pulling a
-# CUDA torch. It is needed by the benchmarks only, never at run time.
+# CUDA torch. It is needed by the benchmarks and the reference tests only, never at run time.
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps aihwkit==1.1.0
 	$(PY) -m pip install --quiet --disable-pip-version-check scipy scikit-learn protobuf tqdm requests
