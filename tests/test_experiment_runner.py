@@ -10,8 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import re
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,18 +50,6 @@ def fake_evaluator(group, names):
     for method in group.methods:
         if method["name"] in names:
             yield fake_result(group, method)
-
-
-class SlowEvaluator:
-    """Sleeps ``seconds`` per method (so a test can kill a run in the middle)."""
-
-    def __init__(self, seconds: float = 0.25):
-        self.seconds = seconds
-
-    def __call__(self, group, names):
-        for result in fake_evaluator(group, names):
-            time.sleep(self.seconds)
-            yield result
 
 
 class Recording:
@@ -128,51 +117,134 @@ def test_pending_lists_only_missing_methods():
     assert len(work) == len(groups) - 1 and work[0][1] == {"clean", "romer", "maxnn-12.5%"}
 
 
-def test_default_evaluator_resolves_lazily():
+LAZY = textwrap.dedent("""
+    import sys
+    from romer.experiment.runner import resolve_evaluator
+    before = "romer.experiment.evaluate" in sys.modules
     evaluate = resolve_evaluator(None)
-    assert callable(evaluate)
+    from romer.experiment import evaluate as module
+    target = getattr(module, "evaluate_group", None)
+    print(before, "romer.experiment.evaluate" in sys.modules,
+          evaluate is target if target is not None else type(evaluate) is module.Evaluator)
+""")
+
+
+def test_default_evaluator_resolves_lazily():
+    """Importing the runner does not import the evaluator (nor torch models); resolving None imports it then and
+    returns the default evaluator itself (``evaluate_group``, or an ``Evaluator`` instance while that is absent)."""
+    out = subprocess.run([sys.executable, "-c", LAZY], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
+class GatedEvaluator:
+    """The fake evaluator, but before its result number ``after + 1`` (counted in this process) it blocks reading
+    one line from stdin: a parent that never writes gets a child parked in the middle of a trial after exactly
+    ``after`` stored trials, with no race. Used as ``--evaluator tests.test_experiment_runner:GatedEvaluator``;
+    ``ROMER_TEST_GATE`` sets ``after`` (unset: never blocks)."""
+
+    def __init__(self, after: int | None = None):
+        gate = os.environ.get("ROMER_TEST_GATE")
+        self.after = after if after is not None else (int(gate) if gate else None)
+        self.count = 0
+
+    def __call__(self, group, names):
+        for result in fake_evaluator(group, names):
+            if self.after is not None and self.count == self.after:
+                sys.stdin.readline()
+            self.count += 1
+            yield result
 
 
 KILLED_RUN = textwrap.dedent("""
     import sys
     from romer.experiment.config_file import load_config
     from romer.experiment.runner import run_experiment
-    from tests.test_experiment_runner import SMALL, SlowEvaluator
-    run_experiment(load_config("default", SMALL), sys.argv[1], evaluator=SlowEvaluator(0.2), progress=False)
+    from tests.test_experiment_runner import SMALL, GatedEvaluator
+    run_experiment(load_config("default", SMALL), sys.argv[1], evaluator=GatedEvaluator(int(sys.argv[2])))
 """)
+SAFETY_S = 180  # a watchdog only: the tests wait for lines the child prints, never for time to pass
 
 
-def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
-    store_path = tmp_path / "results.sqlite"
-    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(store_path)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 40
-    stored = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-        if store_path.exists():
-            with sqlite3.connect(store_path, timeout=10) as db:
-                try:
-                    stored = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-                except sqlite3.OperationalError:  # table not created yet
-                    continue
-            if stored >= 5:
-                break
-    assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
+def spawn(args: list[str], **env) -> subprocess.Popen:
+    """A child with stdin and stdout pipes (stdout not a terminal: one progress line per stored trial)."""
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str) -> list[str]:
+    """Read the child's stdout line by line until a line matches ``pattern`` (regex); the lines read so far.
+    A watchdog kills the child after SAFETY_S s, so a hung child fails the test instead of hanging it."""
+    watchdog = threading.Timer(SAFETY_S, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if re.search(pattern, line):
+                return lines
+    finally:
+        watchdog.cancel()
     process.wait()
+    raise AssertionError(f"child ended (status {process.returncode}) before printing {pattern!r}: "
+                         f"{lines[-5:]} {process.stderr.read()[-2000:]}")
+
+
+def stored(store_path) -> dict:
     with ResultsStore(store_path) as store:
-        before = {r["trial_key"]: (r["ppl"], r["created_at"]) for r in store.rows()}
-    assert 5 <= len(before) < 24
+        return {r["trial_key"]: (r["ppl"], r["created_at"]) for r in store.rows()}
+
+
+def check_resume(store_path, before: dict) -> None:
+    """A rerun computes exactly the trials that are missing and leaves the stored ones untouched."""
     config = load_config("default", SMALL)
     rest = Recording()
     summary = run_experiment(config, store_path, evaluator=rest, progress=False)
     assert summary.skipped == len(before) and summary.computed == 24 - len(before) == len(rest.asked)
-    with ResultsStore(store_path) as store:
-        after = {r["trial_key"]: (r["ppl"], r["created_at"]) for r in store.rows()}
+    after = stored(store_path)
     assert len(after) == 24 and all(after[k] == v for k, v in before.items())
-    expected = {g.trial_key(m): None for g in config.groups() for m in g.method_names}
-    assert set(after) == set(expected)
+    assert set(after) == {g.trial_key(m) for g in config.groups() for m in g.method_names}
+    assert not {(g.model, g.chip["seed"], m) for g in config.groups() for m in g.method_names
+                if g.trial_key(m) in before} & set(rest.asked), "a stored trial was computed again"
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
+    store_path = tmp_path / "results.sqlite"
+    process = spawn([sys.executable, "-c", KILLED_RUN, str(store_path), "5"])
+    lines = wait_for_line(process, r"^small: 5/24 trials")
+    assert process.poll() is None  # parked inside trial 6: it waits on stdin, which we never write
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert [l.split(" (")[0] for l in lines[-5:]] == [f"small: {k}/24 trials" for k in range(1, 6)]
+    before = stored(store_path)
+    assert len(before) == 5  # every trial reported as stored is in the store, and no other
+    with sqlite3.connect(store_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    check_resume(store_path, before)
+
+
+def test_sigint_during_romer_run_stores_what_was_done_and_resumes(tmp_path):
+    """Ctrl-C in the middle of trial 8: `interrupted: 7 of 24 …`, exit 130; the same command again finishes."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "romer.cli.main", "run", *[x for s in SMALL for x in ("--set", s)],
+            "--out", str(out), "--evaluator", "tests.test_experiment_runner:GatedEvaluator"]
+    process = spawn(args, ROMER_TEST_GATE="7")
+    wait_for_line(process, r"^small: 7/24 trials")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=SAFETY_S)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"interrupted: 7 of 24 trials are stored in {out / 'results.sqlite'}" in " ".join(stdout.split())
+    assert "Traceback" not in stderr
+    before = stored(out / "results.sqlite")
+    assert len(before) == 7 and not (out / "report.html").exists()
+    again = subprocess.run(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=SAFETY_S)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "17 trials computed, 7 already stored" in again.stdout
+    after = stored(out / "results.sqlite")
+    assert len(after) == 24 and all(after[k] == v for k, v in before.items())
+    assert (out / "report.html").exists()
 
 
 def test_ray_backend_matches_local(tmp_path):
