@@ -18,9 +18,9 @@ from romer.routing import record_routing
 from romer.routing.recorder import LayerRouting, LogitSketch, router_logits
 from romer.routing.stats import coefficient_of_variation
 from tests.test_oracle import FakeDeepseekLM
-from tests.tiny_models import VOCAB, tiny
+from tests.tiny_models import NAMES, VOCAB, tiny
 
-FAMILIES = ["olmoe", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3"]
+FAMILIES = NAMES  # every named family, group-limited deepseek_v2 / v3 and gpt_oss included
 CHIP = Chip.from_options("gaussian", eta=0.3, placement="moe", seed=3)
 ZERO = Chip.from_options("gaussian", eta=0.0, placement="moe", seed=3)
 
@@ -75,6 +75,40 @@ def test_routing_rule_reproduces_the_router(family):
         got = torch.zeros(z.shape, dtype=torch.float64).scatter(1, indices, weights.double())
         want = torch.zeros(z.shape, dtype=torch.float64).scatter(1, want_i.long(), want_w.double())
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "deepseek_v2-group"])
+def test_group_limited_routing_keeps_every_token_inside_its_best_groups(family):
+    """Each token's experts lie in the topk_group groups with the best group scores (deepseek_v3: the sum of
+    a group's two best sigmoid scores + correction bias; deepseek_v2: its best softmax score), computed here
+    from the logits by hand; and the limit binds (greedy top-k would leave those groups on some tokens)."""
+    model = tiny(family)
+    binding = 0
+    for layer, args, output in router_calls(model, windows(2, 16)):
+        z = router_logits(layer, args, output).double()
+        if family == "deepseek_v3":
+            choice = torch.sigmoid(z) + layer.score_correction_bias.double()
+            group_score = choice.view(-1, 4, 2).sum(-1)  # a group of two: the sum of its two best is the sum
+        else:
+            choice = torch.softmax(z, -1)
+            group_score = choice.view(-1, 4, 2).amax(-1)
+        best_groups = group_score.topk(2 if family == "deepseek_v3" else 1, dim=-1).indices  # topk_group
+        indices = output[layer.router_output.index("indices")].reshape(z.shape[0], -1)
+        assert ((indices // 2)[:, :, None] == best_groups[:, None, :]).any(-1).all()
+        _, weights, own = route(layer, z, RouterFix(layer.index), torch.float32)
+        assert torch.equal(own.sort(-1).values, indices.sort(-1).values)
+        greedy = choice.topk(2, dim=-1).indices
+        binding += int((~((greedy // 2)[:, :, None] == best_groups[:, None, :]).any(-1)).any(-1).sum())
+    assert binding > 0
+
+
+def test_masked_slots_never_win_under_group_limited_routing():
+    model = tiny("deepseek_v3")
+    for layer, args, output in router_calls(model, windows(2, 16)):
+        z = router_logits(layer, args, output)
+        _, _, indices = route(layer, z, RouterFix(layer.index, masked=[0, 1, 2]), torch.float32)
+        assert not torch.isin(indices, torch.tensor([0, 1, 2])).any()
+        assert all(len(set(row.tolist())) == layer.top_k for row in indices)
 
 
 def test_fit_quantile_maps_an_affine_distortion_back():

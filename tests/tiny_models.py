@@ -27,8 +27,9 @@ CONFIGS = {
 }
 # name → (model_type, overrides): the same family with another routing rule
 VARIANTS = {
+    # scored by its best expert, a group limit binds only when a token may use fewer groups than experts
     "deepseek_v2-group": ("deepseek_v2", dict(CONFIGS["deepseek_v2"], topk_method="group_limited_greedy",
-                                              routed_scaling_factor=1.5, **GROUPS)),
+                                              routed_scaling_factor=1.5, n_group=4, topk_group=1)),
     "deepseek_v3-greedy": ("deepseek_v3", dict(CONFIGS["deepseek_v3"], n_group=1, topk_group=1)),
 }
 NAMES = list(CONFIGS) + list(VARIANTS)
