@@ -1,21 +1,30 @@
 """A simulated chip (noise preset + placement + mapping + seed + inference time) and programming a model onto it.
 
 Programming perturbs the analog weights **in place**, once, as the hardware would (static noise), and returns
-a handle whose ``restore()`` writes the clean weights back bit-identically (from a temporary file by default,
-so programming never needs a second copy of the model in memory). Each weight tensor draws from its
-own generator, seeded from (chip seed, parameter name): different tensors get independent draws, and a tensor's
-noise does not depend on which other tensors are analog or in which order they are programmed.
+a handle whose ``restore()`` writes the clean weights back bit-identically (from a temporary file unless the
+analog weights are small, so programming never needs a second copy of the model in memory). It streams tensor
+by tensor and, inside a fused [E, …] tensor, matrix by matrix: the peak is the model plus one matrix in float32.
+Weights may be float32, bfloat16 or float16 on the CPU or a CUDA device; noise is computed in float32 on the
+weights' device and cast back.
+
+Each weight tensor draws from its own generator on the weights' device, seeded from (chip seed, parameter
+name): different tensors get independent draws, and a tensor's noise does not depend on which other tensors
+are analog or in which order they are programmed. Reproducibility: the same chip on the same device type with
+the same torch version gives bit-identical weights; CPU and CUDA generators give different (statistically
+equivalent) streams.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from romer.devices import available_ram_bytes, check_programmable
 from romer.errors import UserError
 from romer.noise.mapping import MAPPING_GROUPS
 from romer.noise.placement import NAMED_PLACEMENTS, analog_weights, parse_placement
@@ -88,10 +97,18 @@ def default_chip(seed: int = 0) -> Chip:
     return Chip.from_options(**DEFAULT_CHIP, seed=seed)
 
 
-def tensor_generator(chip_seed: int, name: str) -> torch.Generator:
-    """A CPU generator for one tensor of one chip, seeded from SHA-256 of (chip seed, parameter name)."""
+def tensor_generator(chip_seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` for one tensor of one chip, seeded from SHA-256 of (chip seed, parameter name)."""
     digest = hashlib.sha256(f"{chip_seed}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _pieces(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tensor as views of at most one matrix each (a fused [E, out, in] tensor: its E matrices)."""
+    if tensor.ndim < 3:
+        yield tensor
+    else:
+        yield from tensor.reshape(-1, *tensor.shape[-2:])
 
 
 class DiskStore:
@@ -106,18 +123,25 @@ class DiskStore:
         self._index: dict[str, tuple[int, int]] = {}
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
-        data = _bytes_view(tensor.detach().to("cpu").contiguous())
-        self._index[name] = (self._file.tell(), data.size)
-        self._file.write(memoryview(data))
+        start = self._file.tell()
+        for piece in _pieces(tensor.detach()):  # one matrix at a time: a GPU tensor never sits whole in RAM
+            self._file.write(memoryview(_bytes_view(piece.to("cpu").contiguous())))
+        self._index[name] = (start, self._file.tell() - start)
 
     def restore_into(self, name: str, param: torch.Tensor) -> None:
         offset, nbytes = self._index[name]
         self._file.seek(offset)
-        target = param if param.device.type == "cpu" and param.is_contiguous() else torch.empty_like(param, device="cpu")
-        if self._file.readinto(memoryview(_bytes_view(target.detach()))) != nbytes:
+        param = param.detach()
+        if param.device.type == "cpu" and param.is_contiguous():
+            read = self._file.readinto(memoryview(_bytes_view(param)))
+        else:
+            read = 0
+            for piece in _pieces(param):
+                buffer = torch.empty(piece.shape, dtype=piece.dtype)
+                read += self._file.readinto(memoryview(_bytes_view(buffer)))
+                piece.copy_(buffer)
+        if read != nbytes:
             raise OSError(f"clean copy of {name} is truncated")
-        if target is not param:
-            param.copy_(target)
 
     def close(self) -> None:
         self._file.close()
@@ -140,6 +164,14 @@ class MemoryStore:
 
 
 CLEAN_STORES = {"disk": DiskStore, "memory": MemoryStore}
+AUTO_MEMORY_LIMIT = 1 << 30  # "auto": clean copies in RAM up to 1 GiB (and a quarter of the free RAM)
+
+
+def _store_for(kind: str, weights) -> DiskStore | MemoryStore:
+    if kind == "auto":
+        nbytes = sum(w.parameter.numel() * w.parameter.element_size() for w in weights)
+        kind = "memory" if nbytes <= min(AUTO_MEMORY_LIMIT, available_ram_bytes() // 4) else "disk"
+    return CLEAN_STORES[kind]()
 
 
 def _bytes_view(tensor: torch.Tensor):
@@ -160,6 +192,17 @@ class Programmed:
         return list(self._params)
 
     @torch.no_grad()
+    def clean(self, name: str) -> torch.Tensor:
+        """A fresh CPU copy of analog parameter ``name``'s clean (intended) weights, read from the clean store:
+        one tensor at a time, so comparing chip and clean weights never holds a second copy of the model."""
+        if self._store is None:
+            raise UserError("the model was restored: its clean weights are the model's own again")
+        param = self._params[name]
+        out = torch.empty(param.shape, dtype=param.dtype)
+        self._store.restore_into(name, out)
+        return out
+
+    @torch.no_grad()
     def restore(self) -> None:
         if self._store is None:
             return
@@ -177,29 +220,35 @@ class Programmed:
 
 
 @torch.no_grad()
-def program(model: nn.Module, chip: Chip, clean_store: str = "disk") -> Programmed:
+def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programmed:
     """Perturb the chip's analog weights of ``model`` in place; return the handle that restores them.
 
-    The clean analog weights are kept in ``clean_store``: ``"disk"`` (default; an anonymous temporary file, so
-    neither RAM nor device memory holds a second copy of the model) or ``"memory"`` (CPU RAM copies). Noise is
-    drawn on the CPU in float32 from per-tensor generators, so the same chip gives bit-identical weights on
-    every machine with the same torch version.
+    The clean analog weights are kept in ``clean_store``: ``"disk"`` (an anonymous temporary file, so neither
+    RAM nor device memory holds a second copy of the model), ``"memory"`` (CPU RAM copies) or ``"auto"``
+    (default: memory when the analog weights take at most 1 GiB and a quarter of the free RAM, else disk).
+    Noise is drawn in float32 on the weights' device from per-tensor generators (see the module docstring for
+    what is reproducible) and each matrix is programmed in place. Weights on the meta device or on a device
+    other than cpu/cuda are refused (UserError).
     """
     if getattr(model, _PROGRAMMED_FLAG, None) is not None:
         raise UserError("model is already programmed onto a chip; restore() it before programming another")
-    if clean_store not in CLEAN_STORES:
-        raise UserError(f"unknown clean store {clean_store!r}; choose one of {', '.join(CLEAN_STORES)}")
+    if clean_store not in (*CLEAN_STORES, "auto"):
+        raise UserError(f"unknown clean store {clean_store!r}; choose one of auto, {', '.join(CLEAN_STORES)}")
     weights = analog_weights(model, chip.placement, strict=chip.placement_name() not in NAMED_PLACEMENTS)
-    store = CLEAN_STORES[clean_store]()
+    for w in weights:
+        check_programmable(w.parameter.device, f"analog weights ({w.name})")
+        if w.parameter.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise UserError(f"analog weight {w.name} is {w.parameter.dtype}; programming needs floating-point "
+                            "weights (float32, bfloat16 or float16)")
+    store = _store_for(clean_store, weights)
     params: dict[str, nn.Parameter] = {}
     try:
         for w in weights:
-            store.put(w.name, w.parameter)
+            param = w.parameter.detach()
+            store.put(w.name, param)
             params[w.name] = w.parameter
-            noisy = chip.preset.program(w.parameter.detach().to("cpu"), group=chip.mapping,
-                                        t_inference=chip.t_inference, generator=tensor_generator(chip.seed, w.name))
-            w.parameter.copy_(noisy)
-            del noisy
+            chip.preset.program(param, group=chip.mapping, t_inference=chip.t_inference,
+                                generator=tensor_generator(chip.seed, w.name, param.device), out=param)
     except BaseException:
         for name, param in params.items():
             store.restore_into(name, param)
