@@ -5,7 +5,7 @@ import torch
 
 from romer.errors import UserError
 from romer.noise.chip import Chip, program, tensor_generator
-from romer.noise.placement import NAMED_PLACEMENTS, analog_weights, parse_placement
+from romer.noise.placement import parse_placement
 from tests.tiny_models import tiny
 
 
@@ -22,14 +22,82 @@ def model(request):
     return tiny(request.param)
 
 
+def _names(layers, *suffixes):
+    return {f"model.layers.{i}.{s}" for i in layers for s in suffixes}
+
+
+# The weight matrices of each placement group in the tiny models (tests/tiny_models.py: 3 decoder layers;
+# deepseek_v2's layer 0 is dense, first_k_dense_replace = 1), written out from the HF module layout.
+EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+GROUP_WEIGHTS = {
+    "olmoe": {
+        "router": _names((0, 1, 2), "mlp.gate.weight"),
+        "routed_experts": _names((0, 1, 2), *EXPERTS),
+        "shared_experts": set(),
+        "dense_mlp": set(),
+        "attention": _names((0, 1, 2), *(f"self_attn.{p}_proj.weight" for p in "qkvo")),
+        "embedding": {"model.embed_tokens.weight"},
+        "lm_head": {"lm_head.weight"},
+    },
+    "qwen2_moe": {
+        "router": _names((0, 1, 2), "mlp.gate.weight"),
+        "routed_experts": _names((0, 1, 2), *EXPERTS),
+        "shared_experts": _names((0, 1, 2), "mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
+                                 "mlp.shared_expert.down_proj.weight", "mlp.shared_expert_gate.weight"),
+        "dense_mlp": set(),
+        "attention": _names((0, 1, 2), *(f"self_attn.{p}_proj.weight" for p in "qkvo")),
+        "embedding": {"model.embed_tokens.weight"},
+        "lm_head": {"lm_head.weight"},
+    },
+    "deepseek_v2": {
+        "router": _names((1, 2), "mlp.gate.weight"),
+        "routed_experts": _names((1, 2), *EXPERTS),
+        "shared_experts": _names((1, 2), "mlp.shared_experts.gate_proj.weight", "mlp.shared_experts.up_proj.weight",
+                                 "mlp.shared_experts.down_proj.weight"),
+        "dense_mlp": _names((0,), "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"),
+        "attention": _names((0, 1, 2), "self_attn.q_proj.weight", "self_attn.kv_a_proj_with_mqa.weight",
+                            "self_attn.kv_b_proj.weight", "self_attn.o_proj.weight"),
+        "embedding": {"model.embed_tokens.weight"},
+        "lm_head": {"lm_head.weight"},
+    },
+}
+
+
+def expected_weights(model, *groups):
+    table = GROUP_WEIGHTS[model.config.model_type]
+    return set().union(*(table[g] for g in groups))
+
+
 def test_moe_placement_perturbs_exactly_router_and_experts(model):
     before = snapshot(model)
     with program(model, Chip.from_options("pcm", placement="moe", seed=3, t_inference=3600)):
         touched = changed(model, before)
-    expected = {w.name for w in analog_weights(model, NAMED_PLACEMENTS["moe"], strict=False)}
+    assert touched == expected_weights(model, "router", "routed_experts", "shared_experts")
+
+
+def test_experts_placement_leaves_the_router_digital(model):
+    before = snapshot(model)
+    with program(model, Chip.from_options("pcm", placement="experts", seed=3, t_inference=3600)):
+        touched = changed(model, before)
+    assert touched == expected_weights(model, "routed_experts", "shared_experts")
+    assert not touched & expected_weights(model, "router")
+
+
+@pytest.mark.parametrize("group", ["router", "routed_experts", "shared_experts", "dense_mlp", "attention",
+                                   "embedding", "lm_head"])
+def test_a_single_group_perturbs_exactly_its_weights(model, group):
+    expected = expected_weights(model, group)
+    chip = Chip.from_options("gaussian", placement=group, seed=4)
+    if not expected:  # an explicit group this family does not have is an error, never a silent no-op
+        with pytest.raises(UserError, match=f"{group} match no weight"):
+            program(model, chip)
+        return
+    before = snapshot(model)
+    with program(model, chip) as handle:
+        touched = changed(model, before)
+        assert set(handle.names) == expected
     assert touched == expected
-    assert all(".mlp." in name and "bias" not in name for name in touched)
-    assert not any("self_attn" in n or "embed" in n or "lm_head" in n or "norm" in n for n in touched)
+    assert not changed(model, before)
 
 
 def test_all_placement_adds_attention_and_dense_layers(model):
@@ -143,3 +211,30 @@ def test_restore_is_exact_from_either_store_in_every_dtype(store, dtype):
 def test_unknown_clean_store_is_refused():
     with pytest.raises(UserError, match="unknown clean store"):
         program(tiny("olmoe"), Chip.from_options("pcm"), clean_store="cloud")
+
+
+def test_tile_mapping_through_program_scales_each_block_of_512_rows():
+    """Additive Gaussian noise has σ = η·max|w| over the mapping group. The fused gate_up_proj [E, 600, H] of an
+    olmoe with expert width 300 is two tiles per expert: rows 0–511 (max|w| = 1) and 512–599 (max|w| = 0.01).
+    Under "tile" each block's noise follows its own maximum; under "expert" both follow the expert's."""
+    model = tiny("olmoe", intermediate_size=300, num_hidden_layers=1)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    param = model.get_parameter(name)
+    with torch.no_grad():
+        param.copy_(torch.rand(param.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+        param[:, :512] /= param[:, :512].abs().amax(dim=(-2, -1), keepdim=True)
+        param[:, 512:] *= 0.01 / param[:, 512:].abs().amax(dim=(-2, -1), keepdim=True)
+    clean = param.detach().clone()
+    eta = 0.1
+    spread = {}
+    for mapping in ("tile", "expert"):
+        with program(model, Chip.from_options("gaussian", eta=eta, placement="routed_experts", mapping=mapping,
+                                              seed=5)):
+            noise = model.get_parameter(name).detach() - clean
+        spread[mapping] = (float(noise[:, :512].std()), float(noise[:, 512:].std()))
+    n_small = clean[:, 512:].numel()  # 8 · 88 · 32 draws: the std is known to ±1/√(2n) ≈ 0.4 %
+    assert n_small > 20_000
+    assert spread["tile"][0] == pytest.approx(eta * 1.0, rel=0.03)
+    assert spread["tile"][1] == pytest.approx(eta * 0.01, rel=0.03)
+    assert spread["expert"][0] == pytest.approx(eta, rel=0.03) and spread["expert"][1] == pytest.approx(eta, rel=0.03)
+    assert torch.equal(model.get_parameter(name), clean)
