@@ -56,13 +56,37 @@ def test_window_batches_cover_each_chunk_once_per_epoch():
     assert len({tuple(r.tolist()) for r in rows}) == len(rows), "no chunk repeats within an epoch"
 
 
-def test_router_losses_hooks_every_layer_and_removes_hooks():
+def _fixed_router(logits: torch.Tensor, indices: torch.Tensor):
+    """A forward hook that makes a router return these (logits, gate weights ½ each, indices) for 2 tokens."""
+    def hook(module, args, output):
+        return logits.clone(), torch.full(indices.shape, 0.5), indices.clone()
+    return hook
+
+
+def test_router_losses_golden_per_layer_mean_and_hooks_removed():
+    """Hand-computed, 2 tokens, E = 8, top-2, each layer's router output fixed by a hook registered first.
+
+    Layer 0: p_A = (.17, .17, .005, .005, .1625 × 4) picks {0, 1}; p_B = (.005, .005, .17, .17, .1625 × 4) picks
+    {2, 3}; so f = ¼ on experts 0–3, P_0…3 = (.17 + .005)/2 = .0875 and E·Σ f·P = 8 · 4 · ¼ · .0875 = 0.7 — below 1
+    although every token takes its own top-2 (the balance loss is not bounded below by 1). Logits ln p + c_t with
+    c = (1, 2): logsumexp = c_t, z-loss = (1² + 2²)/2 = 2.5. Layers 1, 2: all-zero logits, P = ⅛ whatever is
+    chosen, so E·Σ f·P = 1, z-loss = (ln 8)². Both losses are the mean over the three layers."""
+    p_a = torch.tensor([0.17, 0.17, 0.005, 0.005, 0.1625, 0.1625, 0.1625, 0.1625])
+    p_b = torch.tensor([0.005, 0.005, 0.17, 0.17, 0.1625, 0.1625, 0.1625, 0.1625])
+    layer0 = torch.stack([p_a.log() + 1, p_b.log() + 2])
+    cases = [(layer0, torch.tensor([[0, 1], [2, 3]])),
+             (torch.zeros(2, 8), torch.tensor([[0, 1], [0, 5]])),
+             (torch.zeros(2, 8), torch.tensor([[7, 6], [7, 6]]))]
     model = tiny("olmoe")
+    fixed = [layer.mlp.gate.register_forward_hook(_fixed_router(*case))
+             for layer, case in zip(model.model.layers, cases)]
     with router_losses(model) as losses:
-        model(input_ids=torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0)))
+        model(input_ids=torch.tensor([[5, 9]]))
         balance, z = losses()
-        assert balance.item() >= 1.0 - 1e-6  # the minimum of E · Σ f·P over routings is 1 only when balanced
-        assert z.item() > 0
+    for handle in fixed:
+        handle.remove()
+    assert balance.item() == pytest.approx((0.7 + 1 + 1) / 3, rel=1e-5)
+    assert z.item() == pytest.approx((2.5 + 2 * math.log(8) ** 2) / 3, rel=1e-5)
     assert all(not layer.mlp.gate._forward_hooks for layer in model.model.layers)
 
 
