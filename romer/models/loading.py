@@ -27,7 +27,7 @@ class ModelNotFoundError(UserError):
     """A model name or folder that cannot be loaded; the message is one line meant for users."""
 
 
-class UnsafeModelError(UserError):
+class UnsafeModelError(ModelNotFoundError):
     """Loading would run untrusted code (pickled weights, remote modeling code) and the user did not opt in."""
 
 
@@ -146,8 +146,11 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
 
 @torch.no_grad()
 def check_finite(model: torch.nn.Module, where: str | Path = "model") -> None:
-    """Refuse a model with a NaN or infinite value in any parameter or persistent buffer, naming the tensor."""
+    """Refuse a model with a NaN or infinite value in any parameter or persistent buffer, or a tensor left on the
+    meta device (no weights), naming the tensor."""
     for name, tensor in model.state_dict().items():  # parameters and persistent buffers
+        if tensor.is_meta:
+            raise UserError(f"{where}: tensor {name} is on the meta device (it holds no weights); load it on cpu or cuda")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{where}: tensor {name} holds NaN or infinite values; refusing to run it")
 
