@@ -67,9 +67,10 @@ def expert_views(experts: RoutedExperts, e: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def copy_expert(experts: RoutedExperts, source: int, target: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Write expert ``source``'s weights into slot ``target``; returns (view, original) pairs to undo it."""
+    """Write expert ``source``'s weights (and biases, where the experts have them: gpt_oss) into slot ``target``;
+    returns (view, original) pairs to undo it."""
     undo = []
-    for src, dst in zip(expert_views(experts, source), expert_views(experts, target)):
+    for src, dst in zip(experts.tensors(source).values(), experts.tensors(target).values()):
         undo.append((dst, dst.clone()))
         dst.copy_(src)
     return undo
@@ -77,6 +78,7 @@ def copy_expert(experts: RoutedExperts, source: int, target: int) -> list[tuple[
 
 @torch.no_grad()
 def average_into(experts: RoutedExperts, hot: int, replica: int) -> None:
-    """Slot ``hot`` ← ½(hot + replica), matrix by matrix (the pair read as one averaged array)."""
+    """Slot ``hot`` ← ½(hot + replica), matrix by matrix (the pair read as one averaged array; digital biases,
+    equal in both after the copy, stay as they are)."""
     for h, r in zip(expert_views(experts, hot), expert_views(experts, replica)):
         h.copy_((h.float() + r.float()).mul_(0.5).to(h.dtype))
