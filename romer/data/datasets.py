@@ -120,7 +120,7 @@ def _documents(info: DatasetInfo, records: list[dict], source: str, path: str | 
     if info.rows_are_lines and "page" not in records[0]:
         docs = wikitext_pages(_column(records, source))
     elif info.name == "text" and Path(path).is_file() and data_suffix(Path(path)) in TEXT_SUFFIXES:
-        docs = ["".join(_column(records, source))]
+        docs = [Path(path).read_text(encoding="utf-8")]  # the file as it is, blank lines included
     else:
         docs = [d for d in _column(records, source) if d.strip()]
     _check_not_empty(docs, info.name, source)

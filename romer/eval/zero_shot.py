@@ -130,7 +130,7 @@ def evaluate_tasks(
 
     specs, needs_lm_eval_tasks = _task_specs(tasks, data_paths)
     with offline():
-        manager = TaskManager(include_defaults=needs_lm_eval_tasks, verbosity="ERROR")
+        manager = TaskManager(include_defaults=needs_lm_eval_tasks)
         try:
             task_dict = get_task_dict(specs, manager)
         except UserError:
