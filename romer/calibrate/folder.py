@@ -48,10 +48,11 @@ def is_calibrated(folder: str | Path) -> bool:
     return (Path(folder) / PLAN_FILE).is_file()
 
 
-def load_calibrated(name_or_folder: str | Path):
+def load_calibrated(name_or_folder: str | Path, **options):
     """``(model, tokenizer)``; a calibrated folder comes with its plan's routing corrections installed (they stay
-    for the model's lifetime). Any other model loads as ``romer.models.load_model`` does."""
-    model, tokenizer = load_model(name_or_folder)
+    for the model's lifetime). Any other model loads as ``romer.models.load_model`` does; ``options`` (dtype,
+    device, allow_pickle, trust_remote_code) go to it."""
+    model, tokenizer = load_model(name_or_folder, **options)
     if is_calibrated(name_or_folder):
         plan = Plan.load(Path(name_or_folder) / PLAN_FILE)
         model._romer_plan = apply(model, None, plan)
