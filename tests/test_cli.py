@@ -1,6 +1,8 @@
 """The command line and safe loading: results on a local HF folder, one-line errors for user mistakes."""
 
 import json
+import lzma
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,17 @@ from romer.data import load_tokenizer
 from romer.models import ModelNotFoundError, load_model, resolve_model_dir
 
 runner = CliRunner(env={"COLUMNS": "200"})
+CORPUS = Path(__file__).resolve().parents[1] / "romer" / "data" / "corpus"
+
+
+def corpus_tokens(folder: Path, split: str) -> int:
+    """Text tokens of a split counted without romer: the folder's tokenizer.json (tokenizers library) on the
+    split's documents read straight from the bundled jsonl.xz, joined by blank lines (DATA.md), no specials."""
+    from tokenizers import Tokenizer
+
+    with lzma.open(CORPUS / f"{split}.jsonl.xz", "rt", encoding="utf-8") as f:
+        text = "\n\n".join(json.loads(line)["text"] for line in f)
+    return len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids)
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +72,18 @@ def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
     payload = json.loads(out.read_text())
     assert set(payload) == {"model", "split", "window", "tokens", "ppl", "word_ppl", "bits_per_byte"}
     assert payload["split"] == "validation" and payload["window"] == 128
-    assert payload["tokens"] == 96194  # every validation token scored once
+    assert payload["tokens"] == corpus_tokens(folder, "validation")  # every validation token scored once
     assert 1000 < payload["ppl"] < 100_000  # an untrained model is near uniform over 8192 tokens
     assert payload["word_ppl"] > payload["ppl"]  # a word spans more than one token
 
 
-def test_run_scores_methods_on_the_same_chips_and_resumes(folder, tmp_path):
-    """The real evaluator end to end on a tiny checkpoint: clean ≤ noisy, every method on both chips, JSON rows
-    as documented; a second run finds every trial in the store and computes nothing."""
+def test_run_scores_methods_on_the_same_chips_and_resumes(tmp_path):
+    """The real evaluator end to end on the trained zoo olmoe-tiny: clean < noisy (Gaussian η = 0.05), every
+    method on both chips, JSON rows as documented; a second run finds every trial in the store and computes
+    nothing. (A trained model: an untrained one is near uniform, and noise moves its PPL either way.)"""
     out, js = tmp_path / "run", tmp_path / "rows.json"
-    args = ["run", "--out", str(out), "--json", str(js), "--set", f"models=[{folder}]", "--set", "chip.chips=2",
+    args = ["run", "--out", str(out), "--json", str(js), "--set", "models=[olmoe-tiny]", "--set", "chip.chips=2",
+            "--set", "chip.presets=[{preset: gaussian, overrides: {eta: 0.05}}]",
             "--set", "eval.max_tokens=600", "--set", "eval.window=128", "--set", "calibration.sequences=4",
             "--set", "calibration.window=128", "--set", "methods=[clean,noisy,romer,maxnn-12.5%]"]
     result = runner.invoke(app, args)
@@ -80,6 +95,7 @@ def test_run_scores_methods_on_the_same_chips_and_resumes(folder, tmp_path):
     assert {"model", "method", "preset", "t", "chips", "ppl_mean", "ppl_std", "reduction_pct", "gap_recovered_pct",
             "cv_mean", "digital_share"} <= set(rows["romer"])
     assert rows["clean"]["ppl_std"] == 0 and rows["noisy"]["reduction_pct"] == 0
+    assert rows["clean"]["ppl_mean"] < rows["noisy"]["ppl_mean"]
     assert rows["maxnn-12.5%"]["digital_share"] > 0 and rows["romer"]["digital_share"] == 0
     assert (out / "report.html").exists() and (out / "results.md").exists()
     again = runner.invoke(app, args)
@@ -99,7 +115,21 @@ def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
     result = runner.invoke(app, ["eval", "--model", str(out), "--split", "validation", "--window", "128",
                                  "--json", str(js)])
     assert result.exit_code == 0, result.output
-    assert json.loads(js.read_text())["ppl"] > 1
+    # the same plan fitted and applied in memory (same method, chip, windows) scores exactly the same
+    from romer.calibrate import Calibrator, apply
+    from romer.cli.calibrate import method_from_options
+    from romer.cli.common import chip_from_options
+    from romer.data import load_text
+    from romer.eval import perplexity
+
+    model, tokenizer = load_model(folder)
+    chip = chip_from_options("default", "moe", "expert", 1, 86400.0, [])
+    calibrator = Calibrator(method_from_options("romer", ["calibration.window=64"], 4))
+    in_memory = calibrator.fit(model, calibrator.windows(tokenizer), chip)
+    assert {**in_memory.to_dict(), "model": {}} == {**plan, "model": {}}
+    with apply(model, chip, in_memory):
+        want = perplexity(model, tokenizer, load_text("validation"), window=128, batch_size=8)
+    assert json.loads(js.read_text())["ppl"] == want.ppl
     again = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(tmp_path / "x"),
@@ -165,7 +195,7 @@ def test_zoo_card_writes_card_json_into_the_folder(folder):
     result = runner.invoke(app, ["zoo", "card", str(folder), "--window", "256"])
     assert result.exit_code == 0, result.output
     card = json.loads((folder / "card.json").read_text())
-    assert card["split"] == "test" and card["tokens"] == 107743 and card["window"] == 256
+    assert card["split"] == "test" and card["tokens"] == corpus_tokens(folder, "test") and card["window"] == 256
     assert card["unigram_ppl"] < card["ppl"]  # an untrained model is worse than unigram
     assert len(card["usage"]) == 2 and card["parameters"]["total"] > card["parameters"]["active"]
 
