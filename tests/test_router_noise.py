@@ -136,3 +136,54 @@ def test_a_chip_run_over_other_tokens_is_refused():
     with pytest.raises(Exception, match="not the same tokens"):
         router_noise_report(reference, noise)
     assert all(not layer.router._forward_hooks for layer in moe_layers(model))
+
+
+@pytest.fixture(scope="module")
+def studies():
+    """The routing study of olmoe-tiny on a short validation text at PCM programming noise ×1 and ×10 (one chip)."""
+    from romer.data import load_text
+    from romer.experiment.routing_study import routing_study
+    from romer.models import load_model
+    from romer.noise.chip import Chip
+
+    model, tokenizer = load_model("olmoe-tiny")
+    text = load_text("validation")[:4000]
+    out = {}
+    for scale in (1.0, 10.0):
+        chip = Chip.from_options("pcm", prog_noise_scale=scale, read_noise_scale=scale)
+        out[scale] = routing_study(model, tokenizer, text, chip, chips=1, window=256)
+        out[scale].pop("records")
+    return out
+
+
+def test_study_reports_snr_shares_and_loads_in_range(studies):
+    import json
+
+    from romer.experiment.routing_study import physical_rows
+
+    for result in studies.values():
+        json.dumps(result)  # JSON-serialisable, as `romer stats --json` writes it
+        chip = result["per_chip"][0]
+        assert {"router", "routed_experts"} <= set(chip["snr"])
+        for row in result["per_layer"]:
+            assert 0 <= row["anisotropy"] <= 1 and -1 <= row["mean_cosine"] <= 1
+            for key in ("systematic_share", "affine_share", "measured_systematic_share", "measured_affine_share"):
+                assert 0 <= row[key]["mean"] <= 1, key
+            assert row["systematic_share"]["mean"] <= row["affine_share"]["mean"] + 1e-12
+            assert 0 < row["clean_utilisation"] <= 1 and 0 < row["utilisation"]["mean"] <= 1
+        # olmoe-tiny's first MoE layer reads attention output only (digital at placement moe): all its logit noise
+        # is the router's own
+        assert result["per_layer"][0]["router_own_share"]["mean"] == pytest.approx(1.0, rel=1e-6)
+        s = result["summary"]
+        # ROMER's replica variant drives both arrays with every hot token: no relief of the busiest array
+        assert s["throughput_replica"]["mean"] == pytest.approx(s["throughput_noisy"]["mean"])
+        assert s["throughput_shared"]["mean"] >= s["throughput_noisy"]["mean"]
+        assert len(physical_rows(result)) == len(result["per_layer"]) == 4
+
+
+def test_snr_falls_as_the_noise_scale_grows(studies):
+    low, high = (studies[s]["per_layer"] for s in (1.0, 10.0))
+    for a, b in zip(low, high):
+        for key in ("router_snr_db", "experts_snr_db", "logit_snr_db"):
+            assert a[key]["mean"] > b[key]["mean"] + 10, key  # ×10 noise amplitude ≈ −20 dB; ask for 10
+    assert studies[1.0]["summary"]["router_snr_db"]["mean"] > studies[10.0]["summary"]["router_snr_db"]["mean"]

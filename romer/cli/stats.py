@@ -31,7 +31,7 @@ def stats_command(
 ):
     """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing."""
     from romer.data import load_text
-    from romer.experiment.routing_study import fmt, routing_study
+    from romer.experiment.routing_study import fmt, physical_rows, routing_study
     from romer.models import load_model
     from romer.routing import RoutingStats
 
@@ -63,5 +63,17 @@ def stats_command(
         out.print(f"over {chips} chips: PPL clean {result['clean_ppl']:.2f}, noisy {fmt(s['noisy_ppl'])}, "
                   f"oracle routing {fmt(s['oracle_ppl'])}; routing share of the damage "
                   f"{fmt(s['routing_share'])}; load CV {fmt(s['cv'], 3)}; Jaccard {fmt(s['jaccard'], 3)}")
+    physical = physical_rows(result)
+    out.print(table("signal-to-noise, router-noise account, array load" + (" (mean over chips)" if chip else ""),
+                    list(physical[0]), [list(row.values()) for row in physical], keys=()))
+    if chip:
+        out.print("systematic: share of the router-logit noise a per-expert offset removes (W: the router's own weight "
+                  "noise on clean inputs; meas.: clean vs chip logits); affine: a per-expert least-squares scale and "
+                  "offset; anisotropy ‖x̄‖²/E‖x‖² of the router inputs predicts the systematic share for i.i.d. "
+                  "weight noise; own noise: the router's weight noise / all its logit noise")
+        out.print(f"weight SNR router {fmt(s['router_snr_db'], 1)} dB, experts {fmt(s['experts_snr_db'], 1)} dB; "
+                  f"MoE throughput vs clean (busiest array per layer): noisy {fmt(s['throughput_noisy'])}, "
+                  f"+ replacement as averaged replicas {fmt(s['throughput_replica'])}, "
+                  f"+ replicas sharing traffic {fmt(s['throughput_shared'])}")
     if plots is not None:
         out.print(f"plots in {plots}")

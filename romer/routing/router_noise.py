@@ -205,9 +205,10 @@ def _mask_hooks(model: nn.Module, state: _MaskState) -> list:
 
 
 @contextmanager
-def record_router_inputs(model: nn.Module) -> Iterator[list[LayerInputs]]:
-    """While the block runs, stream every MoE router's inputs (real tokens only) into moments and keep its logits
-    (float32, tokens × E per layer) as the reference for ``record_logit_noise``. Hooks are removed on exit."""
+def record_router_inputs(model: nn.Module, keep_logits: bool = True) -> Iterator[list[LayerInputs]]:
+    """While the block runs, stream every MoE router's inputs (real tokens only) into moments and, with
+    ``keep_logits``, keep its logits (float32, tokens × E per layer) as the reference for ``record_logit_noise``.
+    Moments cost H² float64 per layer (32 MiB at H = 2048). Hooks are removed on exit."""
     layers, state, handles = moe_layers(model), _MaskState(), []
     out = [LayerInputs(layer.index, InputMoments(layer.router_weight.shape[1]),
                        layer.router_weight.detach().to("cpu", torch.float64, copy=True),
@@ -224,7 +225,8 @@ def record_router_inputs(model: nn.Module) -> Iterator[list[LayerInputs]]:
             if real is not None:
                 x, z = x[real], z[real]
             rec.moments.update(x)
-            rec.logits.append(z.detach().to("cpu", torch.float32))
+            if keep_logits:
+                rec.logits.append(z.detach().to("cpu", torch.float32))
         return hook
 
     try:
