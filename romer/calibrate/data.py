@@ -21,6 +21,8 @@ def calibration_windows(tokenizer, data: CalibrationData) -> torch.Tensor:
     documents = load_documents(data.split)
     order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(data.seed)).tolist()
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise UserError("tokenizer has neither a BOS nor an EOS token to start each calibration window with")
     need = data.sequences * (data.window - 1)
     ids: list[int] = []
     for i in order:
@@ -36,10 +38,12 @@ def calibration_windows(tokenizer, data: CalibrationData) -> torch.Tensor:
 
 @torch.no_grad()
 def run_windows(model: nn.Module, windows: torch.Tensor, batch_size: int) -> None:
-    """Forward every window (no padding: all windows have the same length); outputs are discarded."""
+    """Forward every window (no padding: all windows have the same length) through the decoder only (routing
+    does not depend on the LM head, which costs as much as the rest of a small model); outputs are discarded."""
     device = next(model.parameters()).device
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     for start in range(0, windows.shape[0], batch_size):
-        model(input_ids=windows[start:start + batch_size].to(device))
+        decoder(input_ids=windows[start:start + batch_size].to(device))
 
 
 @contextmanager
