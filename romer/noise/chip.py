@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 
 from romer.devices import available_ram_bytes, check_programmable
 from romer.errors import UserError
+from romer.noise.draws import NormalStream
 from romer.noise.mapping import MAPPING_GROUPS
 from romer.noise.placement import NAMED_PLACEMENTS, analog_weights, parse_placement
 from romer.noise.presets import NoisePreset
@@ -174,6 +176,24 @@ def _store_for(kind: str, weights) -> DiskStore | MemoryStore:
     return CLEAN_STORES[kind]()
 
 
+@contextmanager
+def _one_arithmetic_thread(weights):
+    """While CPU weights are programmed: torch's intra-op pool at one thread (restored after).
+
+    The draws come from a second thread (``NormalStream`` prefetch), so on two cores one draws while the other
+    computes; small elementwise ops spread over threads were measured ×10 slower on a busy 2-core machine.
+    """
+    if not any(w.parameter.device.type == "cpu" for w in weights) or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _bytes_view(tensor: torch.Tensor):
     """The tensor's memory as a flat uint8 numpy array (no copy; works for every dtype, bf16 included)."""
     return tensor.reshape(-1).view(torch.uint8).numpy()
@@ -185,6 +205,7 @@ class Programmed:
     def __init__(self, model: nn.Module, chip: Chip, store, params: dict[str, nn.Parameter]):
         self.model, self.chip = model, chip
         self._store, self._params = store, params
+        self.draws = 0  # normal draws programming took (all tensors)
 
     @property
     def names(self) -> list[str]:
@@ -242,17 +263,24 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
                             "weights (float32, bfloat16 or float16)")
     store = _store_for(clean_store, weights)
     params: dict[str, nn.Parameter] = {}
+    draws = 0
     try:
-        for w in weights:
-            param = w.parameter.detach()
-            store.put(w.name, param)
-            params[w.name] = w.parameter
-            chip.preset.program(param, group=chip.mapping, t_inference=chip.t_inference,
-                                generator=tensor_generator(chip.seed, w.name, param.device), out=param)
+        with _one_arithmetic_thread(weights):
+            for w in weights:
+                param = w.parameter.detach()
+                store.put(w.name, param)
+                params[w.name] = w.parameter
+                generator = tensor_generator(chip.seed, w.name, param.device)
+                with NormalStream(generator, bound=chip.preset.draw_bound(param)) as stream:
+                    chip.preset.program(param, group=chip.mapping, t_inference=chip.t_inference,
+                                        generator=stream, out=param)
+                draws += stream.drawn
     except BaseException:
         for name, param in params.items():
             store.restore_into(name, param)
         store.close()
         raise
     setattr(model, _PROGRAMMED_FLAG, chip)
-    return Programmed(model, chip, store, params)
+    handle = Programmed(model, chip, store, params)
+    handle.draws = draws
+    return handle

@@ -26,17 +26,20 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from romer.noise.draws import NormalSource, NormalStream
+
 G_FLOOR = 1e-7  # ĝ below this is treated as 1e-7 inside logarithms (drift statistics)
 
 
 # ---------------------------------------------------------------- shared helpers
-def standard_normal(shape: Sequence[int], generator: torch.Generator,
+def standard_normal(shape: Sequence[int], generator: NormalSource,
                     device: torch.device | str | None = None) -> Tensor:
-    """N(0, 1) float32 draws of ``shape`` from ``generator`` (drawn on the generator's device, then moved).
-
-    Drawing on the generator's device makes a seed give the same numbers wherever the weights live.
-    """
-    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    """N(0, 1) float32 draws of ``shape`` from ``generator`` — a ``torch.Generator`` or a
+    :class:`~romer.noise.draws.NormalStream` — drawn on the generator's device, then moved to ``device``."""
+    if isinstance(generator, NormalStream):
+        z = generator.normal(shape)
+    else:
+        z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
     return z if device is None else z.to(device)
 
 
@@ -48,24 +51,24 @@ def polyval(coeffs: Sequence[float], x: Tensor) -> Tensor:
     return out
 
 
-def program_conductance(g_target: Tensor, sigma_prog: Tensor | float, generator: torch.Generator) -> Tensor:
+def program_conductance(g_target: Tensor, sigma_prog: Tensor | float, generator: NormalSource) -> Tensor:
     """Programmed conductance ĝ_prog = max(0, ĝ_T + σ_prog·N); σ_prog in units of g_max."""
     g_target = g_target.float()
     noise = standard_normal(g_target.shape, generator, g_target.device)
-    return (g_target + sigma_prog * noise).clamp_min(0.0)
+    return noise.mul_(sigma_prog).add_(g_target).clamp_min_(0.0)
 
 
-def draw_drift_exponent(mu_nu: Tensor, sigma_nu: Tensor, generator: torch.Generator) -> Tensor:
+def draw_drift_exponent(mu_nu: Tensor, sigma_nu: Tensor, generator: NormalSource) -> Tensor:
     """Drift exponent ν = |μ_ν + σ_ν·N| (dimensionless; a folded normal, drawn once at programming)."""
     noise = standard_normal(mu_nu.shape, generator, mu_nu.device)
-    return (mu_nu + sigma_nu * noise).abs()
+    return noise.mul_(sigma_nu).add_(mu_nu).abs_()
 
 
 def drift(g_prog: Tensor, nu_drift: Tensor, t_inference: float, t0: float) -> Tensor:
     """Power-law conductance drift ĝ(t) = ĝ_prog·((t_inference + t₀)/t₀)^(−ν); t_inference, t₀ in s."""
     if t_inference < 0 or t0 <= 0:
         raise ValueError(f"need t_inference >= 0 and t0 > 0 (got {t_inference}, {t0})")
-    return g_prog * torch.exp(-nu_drift * math.log((t_inference + t0) / t0))
+    return (nu_drift * -math.log((t_inference + t0) / t0)).exp_().mul_(g_prog)
 
 
 def read_noise_time_factor(t_since_program: float, t_read: float) -> float:
@@ -79,10 +82,10 @@ def read_noise_time_factor(t_since_program: float, t_read: float) -> float:
     return math.sqrt(max(math.log((t_since_program + t_read) / (2.0 * t_read)), 0.0))
 
 
-def add_read_noise(g: Tensor, sigma_rel: Tensor | float, generator: torch.Generator) -> Tensor:
+def add_read_noise(g: Tensor, sigma_rel: Tensor | float, generator: NormalSource) -> Tensor:
     """Read-out ĝ = max(0, ĝ + |ĝ|·σ_rel·N); σ_rel is relative to the conductance read."""
     noise = standard_normal(g.shape, generator, g.device)
-    return (g + g.abs() * sigma_rel * noise).clamp_min(0.0)
+    return noise.mul_(sigma_rel).mul_(g.abs()).add_(g).clamp_min_(0.0)
 
 
 def drift_compensation_factor(w_ref: Tensor, w_now: Tensor, probe: Tensor) -> float:
@@ -117,7 +120,7 @@ def pcm_drift_stats(g_target: Tensor) -> tuple[Tensor, Tensor]:
     return mu, sigma
 
 
-def pcm_drift_exponent(g_target: Tensor, generator: torch.Generator) -> Tensor:
+def pcm_drift_exponent(g_target: Tensor, generator: NormalSource) -> Tensor:
     """PCM drift exponent ν = |μ_ν(ĝ_T) + σ_ν(ĝ_T)·N| (dimensionless)."""
     return draw_drift_exponent(*pcm_drift_stats(g_target), generator)
 
@@ -130,8 +133,9 @@ def pcm_read_noise_sigma(g_prog: Tensor, t_since_program: float, t_read: float) 
     the reference code does; its docs say ĝ_T). Zero-safe: ĝ_prog = 0 gives Q_s = 0.2, multiplied later by
     |ĝ| = 0.
     """
-    q_s = (0.0088 / g_prog.float().clamp_min(0.0).pow(0.65).clamp_min(1e-3)).clamp_max(0.2)
-    return q_s * read_noise_time_factor(t_since_program, t_read)
+    factor = read_noise_time_factor(t_since_program, t_read)
+    q_s = g_prog.float().clamp_min(0.0).pow_(0.65).clamp_min_(1e-3).reciprocal_().mul_(0.0088).clamp_max_(0.2)
+    return q_s.mul_(factor)
 
 
 # ---------------------------------------------------------------- HERMES (Le Gallo 2023), 2 devices per sign
@@ -159,7 +163,7 @@ def hermes_drift_stats(g_target: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(g < 0.0945, mu_low, mu_high), torch.where(g < 0.3055, sig_low, sig_high)
 
 
-def hermes_drift_exponent(g_target: Tensor, generator: torch.Generator) -> Tensor:
+def hermes_drift_exponent(g_target: Tensor, generator: NormalSource) -> Tensor:
     """HERMES drift exponent ν = |μ_ν(ĝ_T) + σ_ν(ĝ_T)·N| (dimensionless)."""
     return draw_drift_exponent(*hermes_drift_stats(g_target), generator)
 
@@ -207,7 +211,7 @@ def reram_sigma(g_target: Tensor, t_inference: float) -> Tensor:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def reram_read(g_target: Tensor, t_inference: float, generator: torch.Generator,
+def reram_read(g_target: Tensor, t_inference: float, generator: NormalSource,
                noise_scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """(ĝ at the first read, ĝ read t_inference s after programming) of ReRAM devices programmed to ĝ_T.
 

@@ -1,12 +1,18 @@
 """Noise presets: frozen, hashable, JSON-serialisable descriptions of a device, each able to program a weight.
 
 ``preset.program(weight, group=..., t_inference=..., generator=...)`` returns the weight read back from the
-chip t_inference seconds after programming (new tensor, same shape and dtype; the input is never touched):
-map onto differential pairs per mapping group → program ĝ⁺ and ĝ⁻ independently → drift → read noise →
-map back → (optionally) global drift compensation per matrix. All draws come from ``generator``, in a fixed
-order: the compensation probe x ~ N(0,1)^[in×16] first (always, so switching compensation on or off leaves
-every device draw unchanged), then matrix by matrix, the ĝ⁺ devices then the ĝ⁻ devices. A mapping group
-whose weights are all zero is left unprogrammed and reads back 0.
+chip t_inference seconds after programming (a new tensor of the same shape, dtype and device — or ``out``,
+which may be ``weight`` itself to program in place): map onto differential pairs per mapping group → program
+ĝ⁺ and ĝ⁻ independently → drift → read noise → map back → (optionally) global drift compensation per matrix.
+Arithmetic is float32 on the weight's device, a few rows at a time, cast back once per matrix.
+
+Draws come from ``generator`` (a ``torch.Generator`` or a ``romer.noise.draws.NormalStream``; a generator is
+read as a fixed-block stream), in a fixed order: the compensation probe x ~ N(0,1)^[in×16] first (always, so
+switching compensation on or off leaves every device draw unchanged), then matrix by matrix, chunk of rows by
+chunk of rows: the devices holding each weight's sign (target |w|/s), then the pairs' other devices (target 0).
+A matrix whose weights are all zero reads back 0 and draws nothing. (A device that programming leaves at
+exactly 0 conductance reads 0 at every time, so its drift and read draws are not needed; skipping them was
+measured slower than drawing them — finding those devices costs more than the draws — so they are drawn.)
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from torch import Tensor
 
 from romer.errors import UserError
 from romer.noise import functional as F
-from romer.noise.mapping import check_group, group_abs_max, matrices, matrix_scales, through_devices
+from romer.noise.draws import NormalSource, NormalStream, as_stream
+from romer.noise.mapping import check_group, program_rows, through_devices
 
 PROBE_COLUMNS = 16
 
@@ -64,13 +71,29 @@ class NoisePreset:
     def describe(self) -> list[tuple[str, str]]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    @torch.no_grad()
     def program(self, weight: Tensor, *, group: str = "expert", t_inference: float = 0.0,
-                generator: torch.Generator, tile_rows: int = 512) -> Tensor:  # pragma: no cover - overridden
+                generator: NormalSource, tile_rows: int = 512, out: Tensor | None = None) -> Tensor:
+        """Read-back weight of ``weight`` t_inference s after programming (see the module docstring)."""
+        self._check_call(weight, group, t_inference, generator, tile_rows)
+        stream = as_stream(generator, bound=self.draw_bound(weight))
+        try:
+            return self._program(weight, group, float(t_inference), stream, tile_rows, out)
+        finally:
+            if stream is not generator:
+                stream.close()
+
+    def draw_bound(self, weight: Tensor) -> int:
+        """The most normal draws programming ``weight`` can take (sizes the draw stream's blocks)."""
+        return weight.numel()
+
+    def _program(self, weight: Tensor, group: str, t_inference: float, stream: NormalStream, tile_rows: int,
+                 out: Tensor | None) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _check_call(self, weight: Tensor, group: str, t_inference: float, generator, tile_rows: int) -> None:
         check_group(group, tile_rows)
-        if not isinstance(generator, torch.Generator):
+        if not isinstance(generator, (torch.Generator, NormalStream)):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if not weight.is_floating_point() or weight.ndim == 0:
             raise UserError(f"can only program floating-point vectors or matrices "
@@ -101,22 +124,22 @@ class DevicePreset(NoisePreset):
 
     drift_compensation: bool = True
 
-    def _devices(self, g_target: Tensor, t_inference: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _devices(self, g_target: Tensor, t_inference: float, generator: NormalSource) -> tuple[Tensor, Tensor]:
         """(ĝ at the reference read, before drift and read noise; ĝ read at t_inference) per device."""
         raise NotImplementedError  # pragma: no cover
 
     def _check_time(self, t_inference: float) -> None:
         """Refuse times the device model has no data for (UserError)."""
 
-    @torch.no_grad()
-    def program(self, weight: Tensor, *, group: str = "expert", t_inference: float = 0.0,
-                generator: torch.Generator, tile_rows: int = 512) -> Tensor:
-        """Read-back weight of ``weight`` programmed on this device, t_inference s later (see module doc)."""
-        self._check_call(weight, group, t_inference, generator, tile_rows)
+    def draw_bound(self, weight: Tensor) -> int:
+        # the probe, then at most three draws for each of the two devices of a weight
+        return weight.shape[-1] * PROBE_COLUMNS + 6 * weight.numel()
+
+    def _program(self, weight, group, t_inference, stream, tile_rows, out):
         self._check_time(t_inference)
-        probe = F.standard_normal((weight.shape[-1], PROBE_COLUMNS), generator, weight.device)
-        return through_devices(weight, lambda g: self._devices(g, t_inference, generator), group=group,
-                               tile_rows=tile_rows, probe=probe if self.drift_compensation else None)
+        probe = F.standard_normal((weight.shape[-1], PROBE_COLUMNS), stream, weight.device)
+        return through_devices(weight, lambda g: self._devices(g, t_inference, stream), group=group,
+                               tile_rows=tile_rows, probe=probe if self.drift_compensation else None, out=out)
 
     def sigma_table(self, g_values: Sequence[float], t_values: Sequence[float], *,
                     n_samples: int = 20_000, seed: int = 0) -> list[SigmaRow]:
@@ -161,10 +184,11 @@ class _PhaseChangePreset(DevicePreset):
 
     def _devices(self, g_target, t_inference, generator):
         """ĝ_prog = max(0, ĝ_T + σ_prog·N); ν; ĝ_t = max(0, ĝ_prog·((t+t0)/t0)^(−ν)·(1 + σ_read·N'))."""
-        g_prog = F.program_conductance(g_target, self.prog_noise_scale * type(self).prog_sigma(g_target), generator)
-        nu = self.drift_scale * type(self).drift_exponent(g_target, generator)
+        sigma_prog = type(self).prog_sigma(g_target).mul_(self.prog_noise_scale)
+        g_prog = F.program_conductance(g_target, sigma_prog, generator)
+        nu = type(self).drift_exponent(g_target, generator).mul_(self.drift_scale)
         t_since_program = t_inference + self.t0_s
-        sigma_read = self.read_noise_scale * type(self).read_sigma(g_prog, t_since_program, self.t_read_s)
+        sigma_read = type(self).read_sigma(g_prog, t_since_program, self.t_read_s).mul_(self.read_noise_scale)
         return g_prog, F.add_read_noise(F.drift(g_prog, nu, t_inference, self.t0_s), sigma_read, generator)
 
     def _describe_common(self) -> list[tuple[str, str]]:
@@ -279,20 +303,16 @@ class GaussianPreset(NoisePreset):
     eta: float = 0.02
     multiplicative: ClassVar[bool] = False
 
-    @torch.no_grad()
-    def program(self, weight: Tensor, *, group: str = "expert", t_inference: float = 0.0,
-                generator: torch.Generator, tile_rows: int = 512) -> Tensor:
+    def _program(self, weight, group, t_inference, stream, tile_rows, out):
         """w̃ = w + η·max|w|_group·N (additive) or w·(1 + η·N) (multiplicative, group ignored)."""
-        self._check_call(weight, group, t_inference, generator, tile_rows)
-        g_max = matrix_scales(group_abs_max(weight, group, tile_rows), weight)
-        out = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
-        out_mats = out.view(1, 1, -1) if weight.ndim == 1 else out.view(-1, *weight.shape[-2:])
-        for i, w in matrices(weight):
-            noise = F.standard_normal(w.shape, generator, w.device)
-            w32 = w.float()
-            noisy = w32 * (1 + self.eta * noise) if self.multiplicative else w32 + self.eta * g_max[i] * noise
-            out_mats[i].copy_(noisy)
-        return out
+
+        def read(block: Tensor, scale: Tensor, need_ref: bool) -> tuple[None, Tensor]:
+            noise = stream.normal(block.shape)
+            if self.multiplicative:
+                return None, noise.mul_(self.eta).add_(1.0).mul_(block)
+            return None, noise.mul_(scale * self.eta).add_(block)
+
+        return program_rows(weight, read, group=group, tile_rows=tile_rows, out=out)
 
     def sigma_table(self, g_values: Sequence[float], t_values: Sequence[float], **_: Any) -> list[SigmaRow]:
         """Analytical mean and std of the read-back normalised weight ŵ = w/max|w|_group (time-independent)."""
