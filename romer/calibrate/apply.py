@@ -87,7 +87,7 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
                     for v in rep.expert_views(layers[i].experts, e)]
             if plan.digital_attention:
                 keep += [(p.data, p.detach().clone()) for p in _attention_weights(model, chip)]
-            programmed = program(model, chip, clean_store="memory")
+            programmed = program(model, chip)  # clean copies in RAM when small, else a temp file
             for r in plan.replacement:
                 if r.variant == "replica":
                     for cold, hot in r.pairs:
