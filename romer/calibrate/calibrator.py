@@ -67,7 +67,9 @@ class Calibrator:
     """Fits one method's plan for a chip from calibration windows (``calibration_windows(tokenizer, data)``).
 
     ``clean`` (the clean model observed on the same windows, with logits) and ``noisy`` (the model programmed on
-    the fitting chip, observed the same way: ``observe_chip``) can be passed in to share them across methods.
+    the fitting chip, observed the same way: ``observe_chip``) can be passed in to share them across methods;
+    so can ``replaced``, the observation (no logits) of the model running this method's replacement alone on the
+    fitting chip, which the router correction of a replacement method is fitted on (ROMER order).
     """
 
     def __init__(self, method: MethodConfig):
@@ -82,7 +84,7 @@ class Calibrator:
 
     @torch.no_grad()
     def fit(self, model: nn.Module, windows: torch.Tensor, chip: Chip, clean: Observation | None = None,
-            noisy: Observation | None = None) -> Plan:
+            noisy: Observation | None = None, replaced: Observation | None = None) -> Plan:
         m = self.method
         batch = m.calibration.batch_size
         clean = clean or observe(model, windows, batch, keep_logits=True)
@@ -112,7 +114,7 @@ class Calibrator:
         plan.router = list(fixes.values())
 
         if m.recalibrate is not None:
-            self._recalibrate(model, windows, fit_chip, plan, fixes, clean, noisy)
+            self._recalibrate(model, windows, fit_chip, plan, fixes, clean, noisy, replaced)
         if m.balance is not None:
             for layer in layers:
                 fix = fixes[layer.index]
@@ -123,7 +125,8 @@ class Calibrator:
                       "cv_clean_mean": statistics.fmean(stats["cv_clean"])}
         return plan
 
-    def _recalibrate(self, model, windows, fit_chip, plan, fixes, clean: Observation, noisy: Observation) -> None:
+    def _recalibrate(self, model, windows, fit_chip, plan, fixes, clean: Observation, noisy: Observation,
+                     replaced: Observation | None = None) -> None:
         """Fit every layer's router correction on the replaced, programmed model (ROMER order); sequentially,
         each layer sees the earlier layers already corrected."""
         config, batch = self.method.recalibrate, self.method.calibration.batch_size
@@ -144,7 +147,9 @@ class Calibrator:
                                        fixes[layer.index])
 
         if not config.sequential:
-            if plan.replacement:
+            if plan.replacement and replaced is not None:
+                noisy = replaced
+            elif plan.replacement:
                 with apply(model, fit_chip, plan):
                     noisy = observe(model, windows, batch)
             for layer in layers:

@@ -135,12 +135,14 @@ class ChipSettings(_Strict):
 
 class EvalSettings(_Strict):
     """Perplexity on the first ``max_tokens`` tokens of ``split`` (None: the whole split) in windows of ``window``
-    tokens (BOS included), ``batch_size`` windows per forward pass."""
+    tokens (BOS included), ``batch_size`` windows per forward pass; ``dtype`` bfloat16 runs the scoring forward
+    passes (not calibration) under bf16 autocast, the weights staying float32 (README, "Time")."""
 
     split: Literal["train", "validation", "test"] = "test"
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 class RunSettings(_Strict):

@@ -1,35 +1,49 @@
-"""Score methods on one (model, chip) pair: the evaluator behind ``romer run``.
+"""Score methods on one (model, chip) pair: the evaluator behind ``romer run``. Each piece of work is done once.
 
-An ``Evaluator`` keeps what does not depend on the chip (the loaded model, the evaluation slice, the clean
-model's PPL, routing capture and calibration observation) and what one chip shares across methods (its noisy
-observation on the calibration windows, its noisy PPL), so every method of a group is scored on the same chip
-and the same tokens without repeating work. Calling it yields one result per method as soon as it is done.
+Per model (kept by the ``Evaluator`` across groups): the loaded model, the evaluation slice, the clean model's
+PPL with its captured routing (the clean rows of every chip repeat this one result: clean does not depend on
+the chip), the calibration windows and the clean model's observation on them.
+
+Per (model, chip) (``romer.experiment.states``): the chip is programmed once; that programmed state serves every
+method that only adds routing stages (noisy, oracle routing, recalibration, bias balancing) or keeps experts
+digital (MaxNN: those experts' matrices are swapped in and out); the noisy observation of the calibration windows
+is taken on it and shared by every method fitted on this chip. Each distinct replacement (replica copies need
+their own draws) is programmed once and shared by the methods that use it: ``replacement`` and ROMER's
+replacement part are the same state, and ROMER's router correction is fitted on the observation taken there.
+
+Plans that are the same on this placement (``states.plan_key``: e.g. ``maxnn-12.5% experts`` and
+``maxnn-12.5%`` when attention is not analog, ``maxnn attention`` and ``noisy``) are scored once; the later row
+carries the same numbers and ``same_as``, the method it repeats. Every row carries ``stages``: the seconds of
+load / clean / program / calibrate / evaluate it caused (shared work counted where it was first needed).
+Evaluation runs under ``torch.autocast`` when the eval spec names a ``dtype`` other than float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-from romer.calibrate import Calibrator, MethodConfig, Plan, apply, observe, plan_cost
+from romer.calibrate import Calibrator, MethodConfig, Plan, observe, plan_cost
 from romer.calibrate.calibrator import Observation, observe_chip
 from romer.calibrate.config import CalibrationData
 from romer.calibrate.data import calibration_windows
 from romer.data import load_documents
 from romer.eval import perplexity
 from romer.eval.perplexity import PerplexityResult
+from romer.experiment import states
+from romer.experiment.stages import StageClock
 from romer.models.loading import load_model
 from romer.noise.chip import Chip
 from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, record_routing
 from romer.routing.stats import coefficient_of_variation
 
-DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8}
-
-
+DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8, "dtype": "float32"}
 EVAL_ORDER_SEED = 0
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # eval dtype → autocast dtype (weights stay float32)
 
 
 def evaluation_text(split: str) -> str:
@@ -65,15 +79,29 @@ def _scored(result: PerplexityResult, record: RoutingRecord | None) -> dict:
     return out
 
 
+def _deferred(method: MethodConfig) -> bool:
+    """A replacement method whose router correction is fitted on the replaced chip itself (ROMER order): its
+    fit waits for that state, where the observation it needs is taken once."""
+    r = method.recalibrate
+    return (method.replace is not None and r is not None and not r.sequential and r.mode != "token"
+            and method.fit_seed_offset == 0)
+
+
+def _replacement_part(method: MethodConfig) -> MethodConfig:
+    return MethodConfig(name=f"{method.name} (replacement)", kind="replace", replace=method.replace,
+                        calibration=method.calibration)
+
+
 class Evaluator:
     """Callable ``(group, method_names) → iterator of per-method result dicts``; one instance per process."""
 
     def __init__(self, progress: bool = False):
         self.progress = progress
+        self.clock = StageClock()
         self._models: dict[str, tuple[Any, Any]] = {}
         self._cache: dict[tuple, Any] = {}
 
-    # --- cached pieces ------------------------------------------------------------------------------------
+    # --- per model ----------------------------------------------------------------------------------------
 
     def _memo(self, key: tuple, make):
         if key not in self._cache:
@@ -82,8 +110,9 @@ class Evaluator:
 
     def model(self, name: str):
         if name not in self._models:
-            model, tokenizer = load_model(name)
-            self._models[name] = (model.eval(), tokenizer)
+            with self.clock("load"):
+                model, tokenizer = load_model(name)
+                self._models[name] = (model.eval(), tokenizer)
         return self._models[name]
 
     def eval_text(self, name: str, spec: dict) -> str:
@@ -91,12 +120,17 @@ class Evaluator:
         return self._memo(("text", name, spec["split"], spec.get("max_tokens")),
                           lambda: text_slice(tokenizer, evaluation_text(spec["split"]), spec.get("max_tokens")))
 
+    def precision(self, spec: dict):
+        """The evaluation's numeric context: autocast to ``spec["dtype"]`` unless that is float32."""
+        dtype = AUTOCAST[spec.get("dtype", "float32")]
+        return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+
     def clean(self, name: str, spec: dict):
         """(captured clean routing with its PPL, clean routing record) on the evaluation text."""
         model, tokenizer = self.model(name)
 
         def make():
-            with record_routing(model) as record:
+            with self.clock("clean"), self.precision(spec), record_routing(model) as record:
                 captured = capture_routing(model, tokenizer, self.eval_text(name, spec), spec["window"],
                                            spec["batch_size"], progress=self.progress)
             return captured, record
@@ -108,63 +142,163 @@ class Evaluator:
 
     def clean_observation(self, name: str, data: CalibrationData) -> Observation:
         model, _ = self.model(name)
-        return self._memo(("clean-obs", name, data),
-                          lambda: observe(model, self.windows(name, data), data.batch_size, keep_logits=True))
 
-    def noisy_observation(self, name: str, chip: Chip, data: CalibrationData) -> Observation:
-        model, _ = self.model(name)
-        return self._memo(("noisy-obs", name, chip, data),
-                          lambda: observe_chip(model, chip, self.windows(name, data), data.batch_size))
+        def make():
+            with self.clock("calibrate"):
+                return observe(model, self.windows(name, data), data.batch_size, keep_logits=True)
+        return self._memo(("clean-obs", name, data), make)
 
-    def score(self, name: str, chip: Chip, plan: Plan, spec: dict) -> dict:
-        model, tokenizer = self.model(name)
-        with apply(model, chip, plan), record_routing(model) as record:
-            result = perplexity(model, tokenizer, self.eval_text(name, spec), window=spec["window"],
-                                batch_size=spec["batch_size"], progress=self.progress)
-        cost = plan_cost(model, chip, plan)
-        return {**_scored(result, record), "digital_share": cost.digital_share,
-                "extra_analog_share": cost.extra_analog_share}
-
-    def noisy(self, name: str, chip: Chip, spec: dict) -> dict:
-        return self._memo(("noisy", name, chip, tuple(sorted(spec.items()))),
-                          lambda: self.score(name, chip, Plan.none(chip), spec))
-
-    # --- one method ---------------------------------------------------------------------------------------
-
-    def method(self, name: str, chip: Chip, method: MethodConfig, spec: dict) -> dict:
-        model, tokenizer = self.model(name)
-        if method.kind == "clean":
-            captured, record = self.clean(name, spec)
-            return {**_scored(captured.clean, record), "digital_share": 1.0, "extra_analog_share": 0.0}
-        if method.kind == "noisy":
-            return dict(self.noisy(name, chip, spec))
-        if method.kind == "oracle":
-            captured, record = self.clean(name, spec)
-            with apply(model, chip, Plan.none(chip)):
-                result = oracle_perplexity(model, tokenizer, self.eval_text(name, spec), captured,
-                                           progress=self.progress)
-            return {**_scored(result, record), "digital_share": 0.0, "extra_analog_share": 0.0}
-        data = method.calibration
-        calibrator = Calibrator(method)
-        fit_chip = calibrator.fit_chip(chip)
-        plan = calibrator.fit(model, self.windows(name, data), chip, clean=self.clean_observation(name, data),
-                              noisy=self.noisy_observation(name, fit_chip, data))
-        return {**self.score(name, chip, plan, spec), "plan": plan.to_dict()}
+    # --- one group ----------------------------------------------------------------------------------------
 
     def __call__(self, group, method_names: Iterable[str] | None = None) -> Iterator[dict]:
         """Yield ``{"method": name, "ppl", "word_ppl", "bits_per_byte", "tokens", "cv", "cv_before",
-        "digital_share", "extra_analog_share", "plan", "seconds", "frequency"}`` per method of ``group``
-        (those in ``method_names`` only, when given)."""
+        "digital_share", "extra_analog_share", "plan", "seconds", "stages", "frequency"}`` per method of
+        ``group`` (those in ``method_names`` only, when given), each as soon as it is done."""
         spec = {**DEFAULT_EVAL, **(group.eval or {})}
-        chip = Chip.from_dict(group.chip)
         wanted = None if method_names is None else set(method_names)
-        for payload in group.methods:
-            method = MethodConfig.model_validate(payload)
-            if wanted is not None and method.name not in wanted:
-                continue
-            start = time.perf_counter()
-            with torch.no_grad():
-                row = self.method(group.model, chip, method, spec)
-                row["cv_before"] = self.noisy(group.model, chip, spec).get("cv")
-            row.setdefault("plan", None)
-            yield {"method": method.name, **row, "seconds": time.perf_counter() - start}
+        methods = [m for m in (MethodConfig.model_validate(p) for p in group.methods)
+                   if wanted is None or m.name in wanted]
+        with torch.no_grad():
+            yield from _GroupRun(self, group.model, Chip.from_dict(group.chip), spec).run(methods)
+
+
+class _GroupRun:
+    """The work of one (model, chip) group, in an order that sets each weight state up once."""
+
+    def __init__(self, ev: Evaluator, name: str, chip: Chip, spec: dict):
+        self.ev, self.name, self.chip, self.spec = ev, name, chip, spec
+        self.started = time.perf_counter()
+        self.clock = ev.clock
+        self.model, self.tokenizer = ev.model(name)
+        self.scores: dict[str, tuple[str, dict]] = {}  # plan key → (first method, scored)
+        self.base: states.BaseState | None = None
+        self.noisy_obs: dict[CalibrationData, Observation] = {}  # the scored chip's, by calibration data
+
+    def row(self, method: MethodConfig, row: dict) -> dict:
+        now = time.perf_counter()
+        out = {"method": method.name, **row, "plan": row.get("plan"), "seconds": now - self.started,
+               "stages": self.clock.take()}
+        self.started = now
+        return out
+
+    # --- states -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def on_base(self) -> Iterator[states.BaseState]:
+        """The model as programmed on the chip for the block (programmed once, entered again by a copy)."""
+        with self.clock("program"):
+            if self.base is None:
+                self.base = states.BaseState(self.model, self.chip)
+            self.base.enter()
+        try:
+            yield self.base
+        finally:
+            with self.clock("program"):
+                self.base.leave()
+
+    def noisy_observation(self, method: MethodConfig) -> Observation:
+        """The fitting chip's observation of the calibration windows: on the base state for the scored chip,
+        else (chip transfer) programmed for it alone."""
+        data, fit_chip = method.calibration, Calibrator(method).fit_chip(self.chip)
+        windows = self.ev.windows(self.name, data)
+        if fit_chip != self.chip:
+            with self.clock("calibrate"):
+                return self.ev._memo(("noisy-obs", self.name, fit_chip, data),
+                                     lambda: observe_chip(self.model, fit_chip, windows, data.batch_size))
+        if data not in self.noisy_obs:
+            with self.on_base(), self.clock("calibrate"):
+                self.noisy_obs[data] = observe(self.model, windows, data.batch_size, keep_logits=True)
+        return self.noisy_obs[data]
+
+    def fit(self, method: MethodConfig, replaced: Observation | None = None) -> Plan:
+        data = method.calibration
+        clean = self.ev.clean_observation(self.name, data)
+        noisy = self.noisy_observation(method)
+        with self.clock("calibrate"):
+            return Calibrator(method).fit(self.model, self.ev.windows(self.name, data), self.chip, clean=clean,
+                                          noisy=noisy, replaced=replaced)
+
+    # --- scoring ------------------------------------------------------------------------------------------
+
+    def score(self, method: MethodConfig, plan: Plan) -> dict:
+        """Perplexity and routing of the plan's routing on the weight state entered now (once per plan key)."""
+        key = states.plan_key(plan, self.chip)
+        if key not in self.scores:
+            with self.clock("evaluate"), states.routing(self.model, plan), self.ev.precision(self.spec), \
+                    record_routing(self.model) as record:
+                result = perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
+                                    window=self.spec["window"], batch_size=self.spec["batch_size"],
+                                    progress=self.ev.progress)
+            self.scores[key] = (method.name, _scored(result, record))
+        first, scored = self.scores[key]
+        cost = plan_cost(self.model, self.chip, plan)
+        out = {**scored, "digital_share": cost.digital_share, "extra_analog_share": cost.extra_analog_share}
+        if first != method.name:
+            out["same_as"] = first
+        return out
+
+    def noisy_cv(self) -> float | None:
+        return self.scores[states.plan_key(Plan.none(self.chip), self.chip)][1].get("cv")
+
+    def runs_on_base(self, plan: Plan) -> bool:
+        """Whether the plan runs on the base state: no replica copies, no analog attention kept digital."""
+        return states.replica_key(plan) == "[]" and not states.effective_digital(plan, self.chip)[1]
+
+    def run(self, methods: list[MethodConfig]) -> Iterator[dict]:
+        if any(m.kind in ("clean", "oracle") for m in methods):
+            self.ev.clean(self.name, self.spec)  # on the clean model, before any programming
+        # fits run on the clean model (MaxNN reads clean weights; sequential fits program the chip themselves)
+        fitted = {m.name: self.fit(m) for m in methods if m.needs_fit and not _deferred(m)}
+        parts = {m.name: self.fit(_replacement_part(m)) for m in methods if _deferred(m)}
+        noisy = next((m for m in methods if m.kind == "noisy"), MethodConfig(name="noisy", kind="noisy"))
+        with self.on_base() as base:
+            self.score(noisy, Plan.none(self.chip))  # first: every row reports its routing CV as cv_before
+            cv_before = self.noisy_cv()
+            for m in methods:
+                if m.kind == "noisy":
+                    yield self.row(m, {**self.score(m, Plan.none(self.chip)), "cv_before": cv_before})
+                elif m.kind == "oracle":
+                    yield self.row(m, {**self.oracle(), "cv_before": cv_before})
+                elif m.name in fitted and self.runs_on_base(fitted[m.name]):
+                    with base.digital(fitted[m.name]):
+                        scored = self.score(m, fitted[m.name])
+                    yield self.row(m, {**scored, "plan": fitted[m.name].to_dict(), "cv_before": cv_before})
+        for m, plan, row in self.replica_rows(methods, fitted, parts):
+            yield self.row(m, {**row, "plan": plan.to_dict(), "cv_before": cv_before})
+        for m in methods:
+            if m.kind == "clean":
+                captured, record = self.ev.clean(self.name, self.spec)
+                yield self.row(m, {**_scored(captured.clean, record), "digital_share": 1.0,
+                                   "extra_analog_share": 0.0, "cv_before": cv_before})
+
+    def oracle(self) -> dict:
+        captured, record = self.ev.clean(self.name, self.spec)
+        with self.clock("evaluate"), self.ev.precision(self.spec):
+            result = oracle_perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
+                                       captured, progress=self.ev.progress)
+        return {**_scored(result, record), "digital_share": 0.0, "extra_analog_share": 0.0}
+
+    def replica_rows(self, methods, fitted: dict[str, Plan], parts: dict[str, Plan]) -> Iterator[tuple]:
+        """(method, plan, scored) for every method on a replica state (or keeping analog attention digital),
+        one weight state at a time, each programmed once."""
+        plans = {m.name: fitted.get(m.name, parts.get(m.name)) for m in methods
+                 if m.name in parts or (m.name in fitted and not self.runs_on_base(fitted[m.name]))}
+        for key in dict.fromkeys(states.weights_key(p, self.chip) for p in plans.values()):
+            group = [m for m in methods if m.name in plans and states.weights_key(plans[m.name], self.chip) == key]
+            with self.clock("program"):
+                applied = states.replica_weights(self.model, self.chip, plans[group[0].name])
+            try:
+                for m in group:
+                    plan = self.fit_on_replica(m, parts[m.name]) if m.name in parts else fitted[m.name]
+                    yield m, plan, self.score(m, plan)
+            finally:
+                with self.clock("program"):
+                    applied.restore()
+
+    def fit_on_replica(self, method: MethodConfig, part: Plan) -> Plan:
+        """ROMER order: the replacement part's routing on the replaced chip, observed once, then the fit."""
+        data = method.calibration
+        with self.clock("calibrate"), states.routing(self.model, part):
+            replaced = self.ev._memo(("replaced-obs", self.name, self.chip, states.plan_key(part, self.chip), data),
+                                     lambda: observe(self.model, self.ev.windows(self.name, data), data.batch_size))
+        return self.fit(method, replaced=replaced)

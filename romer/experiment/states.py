@@ -1,0 +1,125 @@
+"""Weight states of one (model, chip) pair, each set up once and shared by every method that runs on it.
+
+A plan changes the model in two separable ways: its **weights** (replica copies programmed as their own arrays,
+experts or attention kept digital) and its **routing** (hooks after the routers). ``weights_key`` names the
+weight state a plan needs and ``plan_key`` the whole effective plan, both as canonical JSON, with parts that
+are no-ops on the chip's placement dropped (digital attention when attention is not analog, digital experts
+when the routed experts are not), so two plans with the same key give the same numbers.
+
+``BaseState`` programs the chip once: its programmed weights are kept, so the plain chip ("noisy") can be
+entered again by a copy instead of new draws, and a plan that keeps some experts digital copies only those
+experts' clean matrices in and their programmed ones back out. A replica state needs other draws (the cold
+slots are programmed holding the hot experts' weights), so it is set up by ``romer.calibrate.apply`` once per
+distinct replacement and restored when every plan on it is done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from romer.calibrate import Applied, apply
+from romer.calibrate import replacement as rep
+from romer.calibrate.plan import Plan
+from romer.calibrate.routing_rule import install
+from romer.models.view import moe_layers
+from romer.noise.chip import Chip, program
+
+
+def effective_digital(plan: Plan, chip: Chip) -> tuple[dict, bool]:
+    experts = ({str(k): sorted(v) for k, v in sorted(plan.digital_experts.items()) if v}
+               if "routed_experts" in chip.placement else {})
+    return experts, bool(plan.digital_attention and "attention" in chip.placement)
+
+
+def weights_key(plan: Plan, chip: Chip) -> str:
+    """The weight state ``plan`` runs on: its copying replacements and effective digital parts (canonical JSON)."""
+    experts, attention = effective_digital(plan, chip)
+    copies = [r.to_dict() for r in plan.replacement if r.variant in rep.COPYING_VARIANTS]
+    return json.dumps({"copies": copies, "digital_experts": experts, "digital_attention": attention},
+                      sort_keys=True)
+
+
+def replica_key(plan: Plan) -> str:
+    """The programmed state a plan needs beyond the base chip: its copying replacements ("[]" for none)."""
+    return json.dumps([r.to_dict() for r in plan.replacement if r.variant in rep.COPYING_VARIANTS], sort_keys=True)
+
+
+def plan_key(plan: Plan, chip: Chip) -> str:
+    """The whole effective plan: weight state and non-identity routing fixes (canonical JSON)."""
+    fixes = [f.to_dict() for f in plan.router if not f.is_identity]
+    return json.dumps({"weights": json.loads(weights_key(plan, chip)), "router": fixes}, sort_keys=True)
+
+
+@contextmanager
+def routing(model: nn.Module, plan: Plan) -> Iterator[None]:
+    """The plan's routing hooks on the model for the block (removed on exit)."""
+    handles = install(moe_layers(model), plan.router)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class BaseState:
+    """The model programmed onto ``chip``, kept as a copy of the programmed weights so that it can be entered
+    again without new draws. ``enter()`` / ``leave()`` switch the model between programmed and clean."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, chip: Chip):
+        self.model, self.chip = model, chip
+        with program(model, chip) as programmed:
+            params = {name: model.get_parameter(name) for name in programmed.names}
+            self._programmed = {name: p.detach().clone() for name, p in params.items()}
+        self._params = params
+        self._clean: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def enter(self) -> None:
+        """Write the programmed weights in (keeping the clean ones to give back)."""
+        if self._clean is None:
+            self._clean = {name: p.detach().clone() for name, p in self._params.items()}
+        for name, p in self._params.items():
+            p.copy_(self._programmed[name])
+
+    @torch.no_grad()
+    def leave(self) -> None:
+        """Write the clean weights back (bit-identical)."""
+        if self._clean is not None:
+            for name, p in self._params.items():
+                p.copy_(self._clean[name])
+            self._clean = None
+
+    @contextmanager
+    def digital(self, plan: Plan) -> Iterator[None]:
+        """Inside ``enter()``: the plan's digital experts hold their clean weights for the block, then their
+        programmed ones again. (Digital attention needs nothing here: only plans whose attention is not analog
+        run on the base state, see ``weights_key``.)"""
+        experts, _ = effective_digital(plan, self.chip)
+        layers = {layer.index: layer for layer in moe_layers(self.model)}
+        views = [v for i, es in experts.items() for e in es for v in rep.expert_views(layers[int(i)].experts, e)]
+        programmed = [v.clone() for v in views]
+        self.leave()  # two copies of the analog weights: cheap next to a forward pass
+        clean = [v.clone() for v in views]
+        self.enter()
+        with torch.no_grad():
+            for view, value in zip(views, clean):
+                view.copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for view, value in zip(views, programmed):
+                    view.copy_(value)
+
+
+def replica_weights(model: nn.Module, chip: Chip, plan: Plan) -> Applied:
+    """The model programmed with the plan's replicas and digital parts, without its routing hooks (a new
+    programming: the cold slots draw their own noise holding the hot experts' weights); ``restore()`` ends it."""
+    return apply(model, chip, replace(plan, router=[]))

@@ -1,0 +1,90 @@
+"""The default evaluator's numbers, pinned: sharing work across methods (one programming per chip, clean once
+per model, shared observations, repeated rows scored once) must not move any of them.
+
+The pinned values are the outputs of the evaluator as it was before that sharing (commit e818ad0, which
+programmed the chip and re-ran the clean model for every method): ``romer run default`` with
+``models=[olmoe-tiny] chip.chips=2 eval.max_tokens=2048 calibration.sequences=4``, chip seed 1: every row the
+evaluator yielded for that config's groups, written down here to full precision. They depend on
+the noise presets' random streams and the zoo weights: whoever changes either re-derives them the same way
+(and says so in the commit).
+"""
+
+import pytest
+
+from romer.experiment.config_file import load_config
+from romer.experiment.evaluate import Evaluator
+
+PINNED = {  # method → PPL on chip seed 1 (e818ad0)
+    "clean": 51.70928128526885,
+    "noisy": 62.38767434144653,
+    "oracle routing": 57.13519891281485,
+    "replacement": 62.21689123390777,
+    "recalibration": 61.36740559492309,
+    "romer": 61.151362199596214,
+    "bias balancing": 62.9070066416165,
+    "maxnn-12.5%": 60.01643498166815,
+}
+CV_BEFORE = 0.6280651631986631  # the noisy model's mean routing CV on chip seed 1 (e818ad0)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    config = load_config("default", ["models=[olmoe-tiny]", "chip.seed=1", "chip.chips=1", "eval.max_tokens=2048",
+                                     "eval.dtype=float32", "calibration.sequences=4",
+                                     f"methods=[{', '.join(list(PINNED) + ['maxnn-12.5% experts', 'maxnn attention'])}]"])
+    (group,) = config.groups()
+    return {row["method"]: row for row in Evaluator()(group)}
+
+
+def test_every_method_scores_as_before_the_sharing(rows):
+    for method, ppl in PINNED.items():
+        assert rows[method]["ppl"] == pytest.approx(ppl, rel=1e-6), method
+        assert rows[method]["cv_before"] == pytest.approx(CV_BEFORE, rel=1e-6), method
+        assert rows[method]["tokens"] == 2048
+
+
+def test_rows_equal_under_the_placement_are_labelled_and_equal(rows):
+    """Attention is digital on the default placement: MaxNN's attention half changes nothing."""
+    assert rows["maxnn-12.5% experts"]["same_as"] == "maxnn-12.5%"
+    assert rows["maxnn attention"]["same_as"] == "noisy"
+    assert rows["maxnn-12.5% experts"]["ppl"] == rows["maxnn-12.5%"]["ppl"]
+    assert rows["maxnn attention"]["ppl"] == rows["noisy"]["ppl"]
+    assert "same_as" not in rows["romer"] and "same_as" not in rows["replacement"]
+    # their own plans and costs are kept: only the scoring is shared
+    assert rows["maxnn attention"]["plan"]["digital_attention"] is True
+    assert rows["maxnn attention"]["digital_share"] == 0.0
+
+
+def test_every_row_records_where_its_time_went(rows):
+    stages = {stage for row in rows.values() for stage in row["stages"]}
+    assert stages <= {"load", "clean", "program", "calibrate", "evaluate"}
+    assert {"program", "calibrate", "evaluate"} <= stages
+    total = sum(sum(row["stages"].values()) for row in rows.values())
+    assert total <= sum(row["seconds"] for row in rows.values()) + 1e-6
+
+
+def test_shared_states_score_as_each_method_on_its_own(rows):
+    """Independent of the pins (which move when the noise streams do): a method fitted and applied from scratch,
+    its own programming and observations, scores exactly as the shared evaluation did."""
+    import torch
+
+    from romer.calibrate import Calibrator, MethodConfig, apply
+    from romer.eval import perplexity
+    from romer.experiment.evaluate import evaluation_text, text_slice
+    from romer.models import load_model
+    from romer.noise.chip import Chip
+
+    config = load_config("default", ["models=[olmoe-tiny]", "chip.seed=1", "chip.chips=1", "eval.max_tokens=2048",
+                                     "calibration.sequences=4"])
+    (group,) = config.groups()
+    chip = Chip.from_dict(group.chip)
+    model, tokenizer = load_model("olmoe-tiny")
+    text = text_slice(tokenizer, evaluation_text("test"), 2048)
+    by_name = {m["name"]: MethodConfig.model_validate(m) for m in group.methods}
+    with torch.no_grad():
+        for name in ("romer", "maxnn-12.5%"):
+            calibrator = Calibrator(by_name[name])
+            plan = calibrator.fit(model, calibrator.windows(tokenizer), chip)
+            with apply(model, chip, plan):
+                ppl = perplexity(model, tokenizer, text, window=512, batch_size=8).ppl
+            assert ppl == pytest.approx(rows[name]["ppl"], rel=1e-9), name
