@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import resource
 import shutil
@@ -69,29 +70,44 @@ def _shape(smoke: bool) -> dict:
     return {**OLMOE_1B_7B, **(SMOKE if smoke else {})}
 
 
-def build(folder: Path, smoke: bool = False) -> dict:
-    """Write the random-weight checkpoint: built on the meta device, each tensor filled from its own seed."""
+def build(folder: Path, smoke: bool = False, shard_bytes: int = 2 * 10**9) -> dict:
+    """Write the random-weight checkpoint without ever holding the model: the shapes come from a model built on
+    the meta device; each tensor is drawn from its own seed (bf16) and written in safetensors shards of
+    ≈ ``shard_bytes`` (the model's own fused expert keys, which ``from_pretrained`` reads as they are)."""
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model("olmoe", **_shape(smoke))
     started = time.perf_counter()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") & (2**63 - 1)
-            if p.ndim == 1:
-                p.fill_(1.0)  # norms
-            else:
-                p.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
-    filled = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, max_shard_size="2GB", safe_serialization=True)
+    config.save_pretrained(folder)
+    shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    shard: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, str] = {}
+    files: list[str] = []
+
+    def flush() -> None:
+        if shard:
+            files.append(f"model-{len(files) + 1:05d}.safetensors")
+            save_file(shard, folder / files[-1], metadata={"format": "pt"})
+            weight_map.update({k: files[-1] for k in shard})
+            shard.clear()
+
+    for name, shape in shapes:
+        seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") & (2**63 - 1)
+        tensor = torch.ones(shape, dtype=torch.bfloat16) if len(shape) == 1 else \
+            torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
+        shard[name] = tensor
+        if sum(t.numel() * 2 for t in shard.values()) >= shard_bytes:
+            flush()
+    flush()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER_FROM / name, folder / name)
-    params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "bytes_bf16": params * 2, "fill_s": filled,
+    params = sum(math.prod(shape) for _, shape in shapes)
+    return {"params": params, "bytes_bf16": params * 2, "shards": len(files),
             "build_s": time.perf_counter() - started}
 
 
