@@ -19,7 +19,6 @@ import re
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from romer.errors import UserError
 from romer.progress import Progress
@@ -118,9 +117,10 @@ def _score(model, windows: list[ScoredWindow], pad_id: int, batch_size: int, pro
                 target[row, w.first : w.first + len(w.targets)] = w.targets
                 scored[row, w.first : w.first + len(w.targets)] = True
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            token_logp = logp.gather(-1, target.to(device).unsqueeze(-1)).squeeze(-1)
-            nll_sum -= token_logp[scored.to(device)].double().sum().item()  # padding is never a target
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            # −log p(target) = logsumexp(z) − z_target: one pass over the logits, no [batch, seq, vocab] copy
+            token_nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, target.to(device).unsqueeze(-1)).squeeze(-1)
+            nll_sum += token_nll[scored.to(device)].double().sum().item()  # padding is never a target
             tokens += int(scored.sum().item())
             if bar is not None:
                 bar.advance(task, len(batch))
