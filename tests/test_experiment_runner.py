@@ -260,3 +260,22 @@ def test_ray_backend_matches_local(tmp_path):
             return sorted((r["trial_key"], r["ppl"], r["metrics"]["cv"]) for r in store.rows())
 
     assert numbers(tmp_path / "ray.sqlite") == numbers(tmp_path / "local.sqlite")
+
+
+def test_a_run_records_its_wall_time_and_stage_totals(tmp_path):
+    config = load_config("default", SMALL)
+
+    def timed(group, names):
+        for result in fake_evaluator(group, names):
+            yield {**result, "stages": {"program": 0.5, "evaluate": 1.0}}
+
+    store_path = tmp_path / "results.sqlite"
+    summary = run_experiment(config, store_path, evaluator=timed, progress=False)
+    run_experiment(config, store_path, evaluator=timed, progress=False)  # nothing left: no run recorded
+    with ResultsStore(store_path) as store:
+        (run,) = store.runs(config.config_hash)
+        rows = store.rows(config.config_hash)
+    assert (run["backend"], run["workers"], run["computed"], run["skipped"]) == ("local", 1, 24, 0)
+    assert run["stages"] == {"program": 12.0, "evaluate": 24.0}
+    assert 0 < run["seconds"] <= summary.seconds
+    assert all(row["metrics"]["stages"] == {"program": 0.5, "evaluate": 1.0} for row in rows)

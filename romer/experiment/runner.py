@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -80,7 +81,10 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
     """
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r}; choose local or ray")
+    workers = workers or config.run.workers
     start = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    stages: dict[str, float] = {}
     with ResultsStore(store_path) as store:
         store.save_config(config.config_hash, config.name, config.model_dump(mode="json"))
         work = pending(config, store.done_keys(config.config_hash))
@@ -96,6 +100,8 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                 raise RuntimeError(f"the evaluator yielded {type(result).__name__} {result!r:.80}, not a result dict "
                                    "with a 'method' key")
             store.add(group, result, prov)
+            for stage, seconds in (result.get("stages") or {}).items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
             chip = group.chip
             bar.advance(label=f"{group.model} · {group.preset} · t = {chip['t_inference']:g} s · chip {chip['seed']}"
                               f" · {result['method']}")
@@ -105,8 +111,12 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                 if backend == "local":
                     _run_local(work, resolve_evaluator(evaluator), record)
                 else:
-                    _run_ray(work, evaluator, record, address, workers or config.run.workers)
-    return RunSummary(config.config_hash, Path(store_path), total, total - todo, todo, time.perf_counter() - start)
+                    _run_ray(work, evaluator, record, address, workers)
+        seconds = time.perf_counter() - start
+        if todo:
+            store.add_run(config.config_hash, started_at, seconds, backend, workers if backend == "ray" else 1, todo,
+                          total - todo, stages)
+    return RunSummary(config.config_hash, Path(store_path), total, total - todo, todo, seconds)
 
 
 def _check_complete(group: TrialGroup, missing: set[str], seen: set[str]) -> None:

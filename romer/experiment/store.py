@@ -4,8 +4,9 @@ SQLite in WAL mode with ``synchronous=FULL``: a trial is on disk once ``add`` re
 point (Ctrl-C, SIGKILL) loses at most the trial being computed, and a rerun skips every stored trial. A row holds
 everything needed to reproduce and report it: the config (by hash, JSON in ``configs``), the chip (preset label
 and constants, placement, mapping, seed, inference time in s), the method config, the metrics (PPL also as a
-column), the plan, git commit, library versions, seconds spent and the UTC time it was written. Reports read
-rows only (no pickles).
+column), the plan, git commit, library versions, seconds spent (and per stage: load, clean, program, calibrate,
+evaluate) and the UTC time it was written. Each run adds a row to ``runs``: its wall time, backend, workers and
+stage totals, so a run's time breakdown comes from the store. Reports read rows only (no pickles).
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ CREATE TABLE IF NOT EXISTS trials (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trials_by_config ON trials(config_hash);
+CREATE TABLE IF NOT EXISTS runs (
+    config_hash TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    backend TEXT NOT NULL,
+    workers INTEGER NOT NULL,
+    computed INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    stages_json TEXT NOT NULL
+);
 """
 COLUMNS = ("trial_key", "config_hash", "model", "preset", "preset_json", "placement", "mapping", "chip_seed",
            "t_inference", "method", "method_kind", "method_json", "eval_json", "ppl", "metrics_json", "plan_json",
@@ -155,6 +166,26 @@ class ResultsStore:
         placeholders = ", ".join("?" * len(COLUMNS))
         return self._transaction(f"INSERT OR IGNORE INTO trials ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                                  row) == 1
+
+    def add_run(self, config_hash: str, started_at: str, seconds: float, backend: str, workers: int, computed: int,
+                skipped: int, stages: dict[str, float]) -> None:
+        """Record one run of a config: its wall time (s), how it ran, and the stage seconds of the trials it
+        computed (summed over workers, so they add up to about workers × seconds)."""
+        self._transaction("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (config_hash, started_at, float(seconds), backend, int(workers), int(computed), int(skipped),
+                           dumps(stages)))
+
+    def runs(self, config_hash: str | None = None) -> list[dict]:
+        """Recorded runs, oldest first: {config_hash, started_at, seconds, backend, workers, computed, skipped,
+        stages}."""
+        sql, params = "SELECT * FROM runs", ()
+        if config_hash is not None:
+            sql, params = sql + " WHERE config_hash = ?", (config_hash,)
+        keys = ("config_hash", "started_at", "seconds", "backend", "workers", "computed", "skipped", "stages")
+        out = [dict(zip(keys, row)) for row in self._db.execute(sql + " ORDER BY started_at, rowid", params)]
+        for run in out:
+            run["stages"] = json.loads(run["stages"])
+        return out
 
     def _transaction(self, sql: str, params: tuple) -> int:
         self._db.execute("BEGIN IMMEDIATE")
