@@ -29,7 +29,8 @@ def stats_command(
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
     plots: Optional[Path] = typer.Option(None, help="Write routing plots (PNG) into this folder."),
 ):
-    """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing."""
+    """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing; weight and
+    router-logit SNR, the router-noise account (what a per-expert affine fix can recover) and CIM array load."""
     from romer.data import load_text
     from romer.experiment.routing_study import fmt, physical_rows, routing_study
     from romer.models import load_model
