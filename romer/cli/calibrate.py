@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 import yaml
 
-from romer.cli.common import (MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, SET_HELP, T_HELP, chip_from_options,
-                              user_errors)
+from romer.cli.common import (DEVICE_HELP, DTYPE_HELP, MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, SET_HELP, T_HELP,
+                              chip_from_options, user_errors)
 from romer.cli.output import console, table
 from romer.errors import UserError
 
@@ -78,18 +78,25 @@ def calibrate_command(
     placement: str = typer.Option("moe", help=PLACEMENT_HELP),
     mapping: str = typer.Option("expert", help=MAPPING_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ):
     """Fit a plan on calibration text run through the chip-programmed model; write the calibrated model folder
     (the chip's read-back weights with the plan applied) and plan.json. Evaluate it with `romer eval --model OUT`."""
     from romer.calibrate import Calibrator
     from romer.calibrate.folder import save_calibrated
-    from romer.models import load_model
+    from romer.devices import parse_device, parse_dtype
+    from romer.models import load_model, resolve_model_dir
+    from romer.models.memory import check_fits
 
     config = method_from_options(method, options, sequences)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
     chip = chip_from_options(preset, placement, mapping, seed, t, settings)
-    lm, tokenizer = load_model(model)
+    target, weights_dtype = parse_device(device), parse_dtype(dtype)
+    check_fits(resolve_model_dir(model), str(target), weights_dtype, config.calibration.window,
+               config.calibration.batch_size, placement)  # refuse before loading a model that cannot fit
+    lm, tokenizer = load_model(model, dtype=weights_dtype, device=target)
     calibrator = Calibrator(config)
     out_console = console()
     if config.needs_fit:

@@ -19,6 +19,9 @@ MAPPING_HELP = "Mapping group: expert, channel, tile or tensor."
 T_HELP = "Inference time, seconds after programming."
 SET_HELP = "Preset constant KEY=VALUE, e.g. prog_noise_scale=3."
 MODEL_HELP = "Zoo model name or a local Hugging Face folder."
+DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N or auto (the first GPU if there is one, else cpu)."
+DTYPE_HELP = "Weight dtype: float32, bfloat16 or float16 (noise is always computed in float32)."
+DEVICE_MAP_HELP = "auto: spread a model too large for one GPU over the visible GPUs and the CPU (accelerate)."
 
 
 def debug_enabled() -> bool:

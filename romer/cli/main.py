@@ -8,6 +8,7 @@ from romer.cli.calibrate import calibrate_command
 from romer.cli.chip import chip_app
 from romer.cli.common import DEBUG_ENV
 from romer.cli.eval import eval_command
+from romer.cli.memory import plan_memory_command
 from romer.cli.noise import noise_app
 from romer.cli.run import report_command, run_command
 from romer.cli.stats import stats_command
@@ -28,6 +29,7 @@ def build_app() -> typer.Typer:
     app.command("calibrate")(calibrate_command)
     app.command("run")(run_command)
     app.command("report")(report_command)
+    app.command("plan-memory")(plan_memory_command)
     app.add_typer(zoo_app, name="zoo")
     app.add_typer(noise_app, name="noise")
     app.add_typer(chip_app, name="chip")

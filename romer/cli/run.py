@@ -28,12 +28,14 @@ def results_table(rows: list[dict], title: str):
                  right=right)
 
 
-def _check_models(models: list[str]) -> None:
-    """Refuse a model that is neither a trained zoo model nor a local folder before any work starts."""
+def _check_models(models: list[str], window: int, batch_size: int) -> None:
+    """Refuse, before any work starts, a model that is neither a trained zoo model nor a local folder, or one that
+    cannot fit this machine's RAM (the runner evaluates in float32 on the CPU)."""
     from romer.models import resolve_model_dir
+    from romer.models.memory import check_fits
 
     for name in models:
-        resolve_model_dir(name)
+        check_fits(resolve_model_dir(name), "cpu", "float32", window, batch_size)
 
 
 def _print_report(report, out: Path) -> None:
@@ -77,7 +79,7 @@ def run_command(
     out = out or Path(cfg.run.out or Path("runs") / cfg.name)
     store = store or Path(cfg.run.store or out / "results.sqlite")
     if evaluator is None:
-        _check_models(cfg.models)
+        _check_models(cfg.models, cfg.eval.window, cfg.eval.batch_size)
     chips = len(cfg.groups()) // len(cfg.models)
     console().print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
                   f"{len(cfg.methods)} methods), config {cfg.config_hash[:12]}, store {store}", highlight=False)
