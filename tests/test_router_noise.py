@@ -187,3 +187,38 @@ def test_snr_falls_as_the_noise_scale_grows(studies):
         for key in ("router_snr_db", "experts_snr_db", "logit_snr_db"):
             assert a[key]["mean"] > b[key]["mean"] + 10, key  # ×10 noise amplitude ≈ −20 dB; ask for 10
     assert studies[1.0]["summary"]["router_snr_db"]["mean"] > studies[10.0]["summary"]["router_snr_db"]["mean"]
+
+
+def test_pooled_weight_snr_golden():
+    """Router of layer 0: P_W = 4, P_ΔW = 1 → SNR 2 (6.02 dB). Experts of layer 0: (3, 0.5) and (1, 0.5) pool to
+    √(4 / 1) = 2, not the mean of √6 and √2; experts of layer 1: (9, 1) → 3 (9.54 dB). All experts: √(13 / 2)."""
+    from romer.noise.snr import TensorSNR, summarize_snr
+
+    tensors = [TensorSNR("r0", "router", 0, 4.0, 1.0), TensorSNR("e0a", "routed_experts", 0, 3.0, 0.5),
+               TensorSNR("e0b", "routed_experts", 0, 1.0, 0.5), TensorSNR("e1", "routed_experts", 1, 9.0, 1.0)]
+    out = summarize_snr(tensors)
+    assert out["router"]["overall"]["snr"] == 2.0
+    assert out["router"]["overall"]["snr_db"] == pytest.approx(20 * math.log10(2))
+    experts = out["routed_experts"]
+    assert [(r["layer"], r["snr"], r["tensors"]) for r in experts["layers"]] == [(0, 2.0, 2), (1, 3.0, 1)]
+    assert experts["overall"]["snr"] == pytest.approx(math.sqrt(13 / 2))
+    assert experts["overall"]["min_tensor_snr_db"] == pytest.approx(10 * math.log10(2))
+
+
+def test_weight_snr_reads_the_programmed_and_clean_tensors():
+    """Multiplicative Gaussian noise w̃ = w(1 + ηN): per tensor ‖ΔW‖² = η² Σ w² N², i.e. SNR ≈ 1/η = 10 (20 dB)
+    at η = 0.1; the energies equal those computed from a copy of the clean weights taken before programming."""
+    from romer.noise.chip import Chip, program
+    from romer.noise.snr import energies, weight_snr
+
+    model = tiny("olmoe")
+    params = dict(model.named_parameters())
+    before = {name: p.detach().clone() for name, p in params.items()}
+    with program(model, Chip.from_options("gaussian-mult", eta=0.1, placement="moe")) as programmed:
+        rows = weight_snr(programmed)
+        for row in rows:
+            assert (row.signal, row.noise) == pytest.approx(energies(before[row.name], params[row.name].detach()))
+    assert {r.group for r in rows} == {"router", "routed_experts"} and {r.layer for r in rows} == {0, 1, 2}
+    experts = [r for r in rows if r.group == "routed_experts"]
+    assert all(8 < r.snr < 12 for r in experts)
+    assert torch.equal(params[rows[0].name], before[rows[0].name])  # restored
