@@ -4,6 +4,8 @@ Each measurement runs in its own process, so its peak RSS is its own. aihwkit's 
 ``nn.Linear`` modules only: fused expert tensors and OLMoE's router are not ``nn.Linear``, so the side-by-side
 runs on what both can program, the attention projections of every decoder layer. romer is also timed on its
 full placements (``moe`` and ``all``). aihwkit is optional: without it only romer's rows are measured.
+Beside each romer row: the random-number limit, torch.randn timed for the same number of normal draws in the
+same process right after programming (programming rate / that rate is the issue's yardstick, goal ≥ 0.8).
 
 Usage: python benchmarks/program_speed.py [--update-readme]
 """
@@ -50,13 +52,25 @@ def _load(model_name: str):
     return load_model(model_name)[0]
 
 
-def _romer(model, placement: str) -> None:
+def _romer(model, placement: str) -> int:
+    """Program; the number of normal draws it took."""
     from romer.noise.chip import Chip, program
 
-    program(model, Chip.from_options("pcm", placement=placement, t_inference=T_INFERENCE, seed=0))
+    return program(model, Chip.from_options("pcm", placement=placement, t_inference=T_INFERENCE, seed=0)).draws
 
 
-def _aihwkit(model, placement: str) -> None:
+def _rng_limit(draws: int) -> float:
+    """Seconds torch.randn takes for ``draws`` float32 normals on the CPU, same process and thread count, in
+    blocks of 2^22 from one generator: the random-number limit of programming."""
+    generator, left = torch.Generator().manual_seed(0), draws
+    started = time.perf_counter()
+    while left > 0:
+        torch.randn(min(left, 1 << 22), generator=generator)
+        left -= 1 << 22
+    return time.perf_counter() - started
+
+
+def _aihwkit(model, placement: str) -> int:
     from aihwkit.inference.compensation.drift import GlobalDriftCompensation
     from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
     from aihwkit.nn.conversion import convert_to_analog
@@ -71,6 +85,7 @@ def _aihwkit(model, placement: str) -> None:
         layer.self_attn.eval()
         layer.self_attn.program_analog_weights()
         layer.self_attn.drift_analog_weights(T_INFERENCE)
+    return 0
 
 
 def worker(tool: str, model_name: str, placement: str) -> dict:
@@ -80,10 +95,12 @@ def worker(tool: str, model_name: str, placement: str) -> dict:
     loaded_rss = _current_rss_mb()
     started = time.perf_counter()
     with torch.no_grad():
-        (_romer if tool == "romer" else _aihwkit)(model, placement)
+        draws = (_romer if tool == "romer" else _aihwkit)(model, placement)
     seconds = time.perf_counter() - started
+    peak = _peak_rss_mb()
+    limit = _rng_limit(draws) if draws else None
     return {"tool": tool, "model": model_name, "placement": placement, "params": params, "model_mb": model_mb, "seconds": seconds,
-            "loaded_rss_mb": loaded_rss, "peak_rss_mb": _peak_rss_mb()}
+            "loaded_rss_mb": loaded_rss, "peak_rss_mb": peak, "draws": draws, "rng_limit_s": limit}
 
 
 def run_worker(tool: str, model_name: str, placement: str) -> dict | None:
@@ -100,8 +117,9 @@ def table(rows: list[dict]) -> str:
         return r["model"], r["placement"]
 
     aihwkit = {key(r): r for r in rows if r["tool"] == "aihwkit"}
-    lines = ["| model (params, fp32 size) | analog part | romer time | aihwkit time | aihwkit / romer time "
-             "| romer extra peak RSS | aihwkit extra peak RSS |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model (params, fp32 size) | analog part | romer time | normal draws | torch.randn, same draws "
+             "| rate / RNG limit | aihwkit time | aihwkit / romer time | romer extra peak RSS | aihwkit extra peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def extra(r: dict) -> str:
         grown = r["peak_rss_mb"] - r["loaded_rss_mb"]
@@ -111,9 +129,13 @@ def table(rows: list[dict]) -> str:
         a = aihwkit.get(key(r))
         their_time = f"{a['seconds']:.2f} s" if a else "—"
         speedup = f"×{a['seconds'] / r['seconds']:.1f}" if a else "—"
+        limit = r.get("rng_limit_s")
         lines.append(f"| {r['model']} ({r['params'] / 1e6:.0f}M, {r['model_mb']:.0f} MB) | {r['placement']} "
-                     f"| {r['seconds']:.2f} s | {their_time} | {speedup} | {extra(r)} | {extra(a) if a else '—'} |")
-    lines += ["", "Extra peak RSS = the process's peak RSS minus its RSS with the clean model loaded; ×k = (model + extra) "
+                     f"| {r['seconds']:.2f} s | {r['draws'] / 1e6:.0f}M | {limit:.2f} s | **{limit / r['seconds']:.2f}** "
+                     f"| {their_time} | {speedup} | {extra(r)} | {extra(a) if a else '—'} |")
+    lines += ["", "Rate / RNG limit = (draws / romer time) / (draws / torch.randn time) for the same number of float32 "
+                  "normal draws, measured right after programming in the same process (goal ≥ 0.8).",
+              "Extra peak RSS = the process's peak RSS minus its RSS with the clean model loaded; ×k = (model + extra) "
                   "/ model, the issue's goal being ≤ ×1.3.",
               f"PCM, t = 1 day, fp32, one process per row; torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads, {platform.machine()}. Regenerate: `make bench`."]
