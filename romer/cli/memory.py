@@ -21,12 +21,14 @@ def plan_memory_command(
 ):
     """Parameters (total / active / analog), bytes, the peak that programming, calibration and evaluation need,
     and whether it fits this machine's RAM and each visible GPU (nothing is loaded: the model is built on meta)."""
-    from romer.models.loading import resolve_model_dir
+    from pathlib import Path
+
+    from romer.models.loading import resolve_model_dir, zoo_names
     from romer.models.memory import fit_rows, plan_memory
 
     check_window(window)
     check_at_least("--batch-size", batch_size)
-    folder = resolve_model_dir(model)
+    folder = resolve_model_dir(model) if model in zoo_names() else Path(model)  # config.json is all it reads
     plan = plan_memory(folder, dtype, window, batch_size, placement)
     fits = fit_rows(plan)
     payload = {"model": model, "model_type": plan.model_type, "dtype": str(plan.dtype).removeprefix("torch."),
