@@ -191,10 +191,7 @@ class CharTokenizer:
 
 
 def fake_documents(monkeypatch, *texts):
-    from romer.data.corpus import Document
-
-    monkeypatch.setattr("romer.calibrate.data.load_documents",
-                        lambda split: [Document("kjv", f"doc {i}", t) for i, t in enumerate(texts)])
+    monkeypatch.setattr("romer.calibrate.data.load_dataset_documents", lambda name, path, split: list(texts))
 
 
 def test_calibration_windows_cut_bos_prefixed_windows(monkeypatch):
@@ -208,8 +205,8 @@ def test_calibration_windows_cut_bos_prefixed_windows(monkeypatch):
 
 
 @pytest.mark.parametrize("texts, sequences, window, message", [
-    (("abc", "de"), 2, 6, "the train split has 9 tokens, fewer than the 10 that 2 calibration windows of 6 need"),
-    ((), 1, 2, "the train split has 0 tokens, fewer than the 1 that 1 calibration windows of 2 need"),
+    (("abc", "de"), 2, 6, "the train split of bundled has 9 tokens, fewer than the 10 that 2 calibration windows of 6 need"),
+    ((), 1, 2, "the train split of bundled has 0 tokens, fewer than the 1 that 1 calibration windows of 2 need"),
 ])
 def test_calibration_windows_refuse_a_corpus_too_short(monkeypatch, texts, sequences, window, message):
     fake_documents(monkeypatch, *texts)

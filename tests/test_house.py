@@ -151,7 +151,7 @@ def test_disabled_progress_prints_nothing():
 
 def romer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The installed entry point with stdout a pipe at 80 columns."""
-    command = [sys.executable, "-c", "from romer.cli.main import app; app()", *args]
+    command = [sys.executable, "-c", "from romer.cli.main import main; main()", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "80", **(env or {})})
 

@@ -19,13 +19,26 @@ class _Strict(BaseModel):
 
 
 class CalibrationData(_Strict):
-    """Calibration text: ``sequences`` windows of ``window`` tokens from ``split`` (disjoint from evaluation)."""
+    """Calibration text: ``sequences`` windows of ``window`` tokens from ``split`` of ``dataset`` (a name of
+    ``romer.data.DATASETS``; ``data_path`` its local copy), disjoint from evaluation."""
 
     sequences: int = Field(64, ge=1)
     window: int = Field(512, ge=2)
-    split: Literal["train", "validation", "test"] = "train"
+    dataset: str = "bundled"
+    data_path: str | None = None
+    split: str = "train"
     batch_size: int = Field(8, ge=1)
     seed: int = 0  # which documents the windows come from
+
+    @model_validator(mode="after")
+    def _known_split(self):
+        from romer.data.datasets import dataset_info
+
+        info = dataset_info(self.dataset)  # UserError (a ValueError) for an unknown dataset
+        if self.split not in info.splits:
+            raise ValueError(f"dataset {self.dataset!r} has no split {self.split!r}; choose one of "
+                             f"{', '.join(info.splits)}")
+        return self
 
 
 class ReplaceConfig(_Strict):

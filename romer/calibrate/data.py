@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from romer.calibrate.config import CalibrationData
-from romer.data import load_documents
+from romer.data import load_dataset_documents
 from romer.errors import UserError
 from romer.models.view import moe_layers
 from romer.routing.recorder import router_logits
@@ -18,7 +18,7 @@ from romer.routing.recorder import router_logits
 def calibration_windows(tokenizer, data: CalibrationData) -> torch.Tensor:
     """``[sequences, window]`` int64: BOS + (window − 1) tokens each, cut from the split's documents taken in a
     seeded random order (so the windows mix the corpus's sources), joined with blank lines as ``load_text`` does."""
-    documents = load_documents(data.split)
+    documents = load_dataset_documents(data.dataset, data.data_path, data.split)
     order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(data.seed)).tolist()
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
@@ -26,11 +26,11 @@ def calibration_windows(tokenizer, data: CalibrationData) -> torch.Tensor:
     need = data.sequences * (data.window - 1)
     ids: list[int] = []
     for i in order:
-        ids += tokenizer(documents[i].text + "\n\n", add_special_tokens=False)["input_ids"]
+        ids += tokenizer(documents[i] + "\n\n", add_special_tokens=False)["input_ids"]
         if len(ids) >= need:
             break
     if len(ids) < need:
-        raise UserError(f"the {data.split} split has {len(ids)} tokens, fewer than the {need} that "
+        raise UserError(f"the {data.split} split of {data.dataset} has {len(ids)} tokens, fewer than the {need} that "
                         f"{data.sequences} calibration windows of {data.window} need")
     body = torch.tensor(ids[:need], dtype=torch.long).view(data.sequences, data.window - 1)
     return torch.cat([torch.full((data.sequences, 1), bos, dtype=torch.long), body], dim=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 
-import click
 import typer
 
 from romer.errors import UserError
@@ -22,14 +21,23 @@ MODEL_HELP = "Zoo model name or a local Hugging Face folder."
 DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N or auto (the first GPU if there is one, else cpu)."
 DTYPE_HELP = "Weight dtype: float32, bfloat16 or float16 (noise is always computed in float32)."
 DEVICE_MAP_HELP = "auto: spread a model too large for one GPU over the visible GPUs and the CPU (accelerate)."
+ALLOW_PICKLE_HELP = "Also load pickled weights (pytorch_model.bin): only for checkpoints you trust."
+TRUST_REMOTE_CODE_HELP = "Run the checkpoint's own modelling code (auto_map): only for checkpoints you trust."
+DATASET_HELP = ("Text to score: bundled (romer's corpus), wikitext2, wikitext103, lambada, c4, or text (your own "
+                "file, with --data-path); see docs/zero-shot.md.")
+DATA_PATH_HELP = ("Local copy of the dataset: a file (.txt, .jsonl, .json.gz, .parquet), a folder, or a "
+                  "save_to_disk folder; without it the offline Hugging Face cache is read.")
+PPL_HELP = ("Perplexity convention: windows (GPTQ-style: the split as one string, non-overlapping windows) or "
+            "documents (lm-eval: each document in rolling windows; word PPL = lm-eval word_perplexity).")
+TASKS_HELP = ("Zero-shot tasks, comma separated: romer_cloze, romer_nextsent (bundled), arc_easy, arc_challenge, "
+              "piqa, lambada_openai (with --task-data), or any lm-eval task in your offline cache.")
+TASK_DATA_HELP = "Local file of a task, TASK=PATH (e.g. arc_easy=ARC-Easy-Test.jsonl); repeatable."
 
 
 def debug_enabled() -> bool:
-    """True with `romer --debug …` or the environment variable ROMER_DEBUG=1: errors show their traceback."""
-    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx and (ctx.find_root().params or {}).get("debug"))
+    """True with the environment variable ROMER_DEBUG=1, which `romer --debug …` sets for its own process
+    (:func:`romer.cli.main.main`): errors show their traceback."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -48,7 +56,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except typer.Exit:
             raise
         except UserError as exc:
             if debug_enabled():

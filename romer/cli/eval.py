@@ -1,14 +1,14 @@
-"""`romer eval`: perplexity on a corpus split, clean or over simulated chips."""
+"""`romer eval`: perplexity on a dataset and zero-shot accuracy, clean or over simulated chips."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from romer.cli.common import (MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PRESET_HELP, SET_HELP, T_HELP,
-                              check_at_least, check_window, chip_from_options, user_errors)
+from romer.cli.common import (ALLOW_PICKLE_HELP, DATA_PATH_HELP, DATASET_HELP, MAPPING_HELP, MODEL_HELP,
+                              PLACEMENT_HELP, PPL_HELP, PRESET_HELP, SET_HELP, T_HELP, TASK_DATA_HELP, TASKS_HELP,
+                              TRUST_REMOTE_CODE_HELP, check_at_least, check_window, chip_from_options, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -16,7 +16,15 @@ from romer.errors import UserError
 @user_errors
 def eval_command(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    split: str = typer.Option("test", help="Corpus split: train, validation or test."),
+    dataset: str = typer.Option("bundled", "--dataset", help=DATASET_HELP),
+    data_path: Optional[str] = typer.Option(None, "--data-path", help=DATA_PATH_HELP),
+    split: Optional[str] = typer.Option(None, help="Split of the dataset (default: test; c4: validation)."),
+    ppl: str = typer.Option("windows", "--ppl", help=PPL_HELP),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help=TASKS_HELP),
+    task_data: list[str] = typer.Option([], "--task-data", help=TASK_DATA_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items of each zero-shot task."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Only the first N characters of the split "
+                                                                      "(windows convention)."),
     window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean."),
@@ -26,47 +34,85 @@ def eval_command(
     placement: str = typer.Option("moe", help=PLACEMENT_HELP),
     mapping: str = typer.Option("expert", help=MAPPING_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
-    """Perplexity on a corpus split (token PPL, word PPL, bits per byte), clean or over simulated chips."""
+    """Perplexity (token PPL, word PPL, bits per byte) and zero-shot accuracy, clean or over simulated chips."""
     from romer import load
     from romer.calibrate.folder import is_calibrated
-    from romer.data import load_text
-    from romer.eval import perplexity
 
     check_window(window)
     check_at_least("--batch-size", batch_size)
+    if limit is not None:
+        check_at_least("--limit", limit)
     if preset is not None and is_calibrated(model):
         raise UserError(f"{model} is a calibrated model that already holds its chip's read-back weights; "
                         "evaluate it without --preset")
-    text = load_text(split)
     chip = None
     if preset is not None:
         check_at_least("--chips", chips)
         chip = chip_from_options(preset, placement, mapping, seed, t, settings)
     elif settings:
         raise UserError("--set needs --preset")
-    to_stdout = json_path == "-"
-    lm, tokenizer = load(model)
-    payload = {"model": model, "split": split, "window": window}
-    title = f"{model} on {split}" + (f", {preset} chips at t = {t:g} s" if chip else ", clean")
-    if chip is None:
-        result = perplexity(lm, tokenizer, text, window=window, batch_size=batch_size, progress=not to_stdout,
-                            description=f"{model} · {split}")
-        payload.update(tokens=result.tokens, ppl=result.ppl, word_ppl=result.word_ppl,
-                       bits_per_byte=result.bits_per_byte)
-        shown = table(title, ("tokens", "window", "PPL", "word PPL", "bits/byte"),
-                      [(result.tokens, window, f"{result.ppl:.3f}", f"{result.word_ppl:.3f}",
-                        f"{result.bits_per_byte:.4f}")], keys=())
-    else:
-        from romer.experiment.noisy import noisy_perplexity
+    from romer.eval.suite import EvalSuite, summarize
 
-        noisy = noisy_perplexity(lm, tokenizer, text, chip, chips, window=window, batch_size=batch_size,
-                                 progress=not to_stdout)
-        payload.update(noisy, ppl=noisy["ppl_mean"])
-        shown = table(title, ("tokens", "placement", "chips", "PPL mean ± std", "per chip"),
-                      [(noisy["tokens"], chip.placement_name(), chips,
-                        f"{noisy['ppl_mean']:.3f} ± {noisy['ppl_std']:.3f}",
-                        " ".join(f"{p:.2f}" for p in noisy["ppl_per_chip"]))], keys=(1,))
-    if not write_json(json_path, payload):
-        console().print(shown)
+    data = EvalSuite.from_options(dataset, data_path, split, ppl, tasks, task_data, window, batch_size, limit,
+                                  max_chars)
+    to_stdout = json_path == "-"
+    lm, tokenizer = load(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if chip is None:
+        results = [data.measure(lm, tokenizer, f"{model} · {data.label}", progress=not to_stdout)]
+    else:
+        from romer.experiment.noisy import over_chips
+        from romer.progress import Progress
+
+        with Progress(f"{model} · {data.label}", chips, unit="chips", enabled=not to_stdout) as bar:
+            def measure(m, i, chip_i):
+                result = data.measure(m, tokenizer, f"chip {i + 1}/{chips} (seed {chip_i.seed})",
+                                      progress=not to_stdout)
+                bar.advance(label=f"seed {chip_i.seed}: PPL {result.ppl.ppl:.2f}")
+                return result
+
+            results = over_chips(lm, chip, chips, measure)
+    payload = {"model": model, **data.describe(), **summarize(results)}
+    if chip is not None:
+        payload.update(preset=chip.preset.to_dict(), chip=chip.to_dict(), chips=chips,
+                       seeds=[c.seed for c in chip.series(chips)])
+    if write_json(json_path, payload):
+        return
+    title = f"{model} on {data.label}" + (f", {chip.preset.name} chips at t = {t:g} s ({chip.placement_name()})"
+                                          if chip else ", clean")
+    out = console()
+    out.print(table(title, *ppl_table(payload, chip is not None), keys=()))
+    if data.tasks:
+        out.print(table(f"{model}: zero-shot accuracy (%), " + ("mean ± std over chips; per chip ± lm-eval stderr"
+                                                                if chip else "± lm-eval stderr"),
+                        *task_table(payload), keys=(0,)))
+
+
+def ppl_table(payload: dict, chips: bool) -> tuple[list[str], list[list[str]]]:
+    columns = ["tokens", "convention", "window", "PPL" + (" mean ± std" if chips else ""), "word PPL", "bits/byte"]
+    row = [str(payload["tokens"]), payload["ppl_convention"], str(payload["window"]),
+           f"{payload['ppl']:.3f}" + (f" ± {payload['ppl_std']:.3f}" if chips else ""),
+           f"{payload['word_ppl']:.3f}", f"{payload['bits_per_byte']:.4f}"]
+    if chips:
+        columns.append("per chip")
+        row.append(" ".join(f"{p:.2f}" for p in payload["ppl_per_chip"]))
+    return columns, [row]
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def task_table(payload: dict) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for task, scores in payload["tasks"].items():
+        for metric in ("acc", "acc_norm"):
+            if metric not in scores:
+                continue
+            s = scores[metric]
+            per_chip = " ".join(f"{_pct(v)} ± {_pct(e)}" for v, e in zip(s["per_chip"], s["stderr_per_chip"]))
+            rows.append([task, metric, str(scores["samples"]), f"{_pct(s['mean'])} ± {_pct(s['std'])}", per_chip])
+    return ["task", "metric", "items", "mean ± std", "per chip"], rows

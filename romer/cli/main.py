@@ -17,6 +17,9 @@ from romer.cli.zoo import zoo_app
 
 def _root(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks of errors (or set {DEBUG_ENV}=1).")):
     """MoE LLMs on simulated analog CIM hardware."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr: romer reports its own progress
 
 
 def build_app() -> typer.Typer:
@@ -38,5 +41,16 @@ def build_app() -> typer.Typer:
 
 app = build_app()
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """The `romer` executable: ``--debug`` (before the command) turns on tracebacks for this process."""
+    import os
+    import sys
+
+    if "--debug" in sys.argv[1 : sys.argv.index("--") if "--" in sys.argv else None]:
+        os.environ[DEBUG_ENV] = "1"
     app()
+
+
+if __name__ == "__main__":
+    main()

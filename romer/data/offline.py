@@ -12,7 +12,8 @@ import importlib
 import os
 import sys
 
-ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# the offline switches, and tqdm's: lm-eval's per-request bars would otherwise interleave with romer's progress
+ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE")
 # (module, attribute) pairs holding the import-time copy of the offline switch; patched only if already imported
 # (a module imported inside the scope reads the environment variables, which are set).
 _FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),

@@ -196,7 +196,7 @@ def document_perplexity(
     Matches lm-evaluation-harness 0.4.13 (``HFLM(max_length=max_length)``): each document is encoded with the
     tokenizer's default special tokens (``tokenizer.encode(doc)``), starts from the BOS (else EOS) token, and is
     scored in :func:`rolling_windows`. Words and bytes are summed per document (lm-eval's ``count_words``:
-    ``len(re.split(r"\s+", doc))``), so ``word_ppl`` is lm-eval's ``word_perplexity`` of these documents.
+    ``len(re.split(r"\\s+", doc))``), so ``word_ppl`` is lm-eval's ``word_perplexity`` of these documents.
     ``window`` of the result holds ``max_length``.
     """
     if not documents:

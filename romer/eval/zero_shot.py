@@ -14,7 +14,9 @@ length in characters), each with lm-eval's stderr (sample std / √n).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -139,11 +141,12 @@ def evaluate_tasks(
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"lm-eval could not load task(s) {', '.join(tasks)} offline: {first_line}") from None
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
-            log_samples=False, task_manager=manager, verbosity="ERROR",
-            random_seed=None, numpy_random_seed=None, torch_random_seed=None,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints notes to stdout: keep it for romer's output
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
+                log_samples=False, task_manager=manager, verbosity="ERROR",
+                random_seed=None, numpy_random_seed=None, torch_random_seed=None,
+            )
     samples = {t: n.get("effective", n.get("original", 0)) if isinstance(n, dict) else n
                for t, n in out.get("n-samples", {}).items()}
     return _parse_results(out["results"], samples, list(task_dict))
