@@ -142,7 +142,7 @@ class EvalSettings(_Strict):
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # PPL within 0.03 % of float32 on the zoo (README, "Time")
 
 
 class RunSettings(_Strict):
