@@ -73,7 +73,9 @@ class Applied:
 @torch.no_grad()
 def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
     """Run ``plan`` on ``model`` programmed onto ``chip`` (None: the weights are left as they are, e.g. a saved
-    calibrated folder whose weights already hold the chip's read-back values)."""
+    calibrated folder whose weights already hold the chip's read-back values). A plan fitted on another model is
+    refused before anything changes."""
+    plan.check_model(model)
     layers = {layer.index: layer for layer in moe_layers(model)}
     undo: list[tuple[torch.Tensor, torch.Tensor]] = []
     programmed = None

@@ -15,7 +15,7 @@ from romer.calibrate.apply import apply
 from romer.calibrate.config import MethodConfig
 from romer.calibrate.data import calibration_windows, capture_logits, run_windows
 from romer.calibrate.maxnn import digital_experts
-from romer.calibrate.plan import Plan, Replacement
+from romer.calibrate.plan import Plan, Replacement, model_summary
 from romer.calibrate.routing_rule import RouterFix
 from romer.errors import UserError
 from romer.models.view import moe_layers
@@ -51,12 +51,6 @@ def observe(model: nn.Module, windows: torch.Tensor, batch_size: int, keep_logit
     return Observation(record, {i: torch.cat(chunks) for i, chunks in kept.items()})
 
 
-def _model_summary(model: nn.Module) -> dict:
-    layers = moe_layers(model)
-    return {"model_type": getattr(model.config, "model_type", None), "moe_layers": [l.index for l in layers],
-            "num_experts": [l.num_experts for l in layers], "top_k": [l.top_k for l in layers]}
-
-
 def observe_chip(model: nn.Module, chip: Chip, windows: torch.Tensor, batch_size: int) -> Observation:
     """Observation (with logits) of ``model`` programmed onto ``chip``, no calibration; the model is restored."""
     with apply(model, chip, Plan.none(chip)):
@@ -90,7 +84,7 @@ class Calibrator:
         clean = clean or observe(model, windows, batch, keep_logits=True)
         fit_chip = self.fit_chip(chip)
         layers = moe_layers(model)
-        plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=_model_summary(model))
+        plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
         fixes = {layer.index: RouterFix(layer.index) for layer in layers}
         noisy = noisy or observe_chip(model, fit_chip, windows, batch)
         stats = {"calibration_tokens": noisy.record.tokens, "cv_clean": clean.cv(), "cv_noisy": noisy.cv()}

@@ -11,6 +11,7 @@ from torch import nn
 from romer.calibrate.config import CalibrationData
 from romer.data import load_dataset_documents
 from romer.errors import UserError
+from romer.eval.perplexity import check_context
 from romer.models.view import moe_layers
 from romer.routing.recorder import router_logits
 
@@ -40,6 +41,7 @@ def calibration_windows(tokenizer, data: CalibrationData) -> torch.Tensor:
 def run_windows(model: nn.Module, windows: torch.Tensor, batch_size: int) -> None:
     """Forward every window (no padding: all windows have the same length) through the decoder only (routing
     does not depend on the LM head, which costs as much as the rest of a small model); outputs are discarded."""
+    check_context(model, windows.shape[1])
     device = next(model.parameters()).device
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     for start in range(0, windows.shape[0], batch_size):

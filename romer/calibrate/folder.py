@@ -9,6 +9,7 @@ routing stage, so use ``romer.load``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,10 +19,12 @@ from torch import nn
 from romer.calibrate.apply import apply
 from romer.calibrate.plan import Plan
 from romer.errors import UserError
+from romer.io import write_json_atomic
 from romer.models.loading import load_model
 from romer.noise.chip import Chip
 
 PLAN_FILE = "plan.json"
+CHIP_FILE = "chip.json"  # the chip whose read-back weights the folder holds
 
 
 def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: str | Path) -> Path:
@@ -37,11 +40,28 @@ def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: st
             model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
+        write_json_atomic(staging / CHIP_FILE, chip.to_dict())
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def check_chip(plan: Plan, chip_file: Path) -> None:
+    """Refuse a plan fitted for another chip than the one whose read-back weights the folder holds (the fitting
+    chip is the folder's chip, or its seed + ``fit_seed_offset`` for a transferred plan). Folders written before
+    chip.json existed are not checked."""
+    if not chip_file.is_file() or not plan.chip:
+        return
+    try:
+        held = Chip.from_dict(json.loads(chip_file.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{chip_file}: not a chip description ({type(exc).__name__})") from None
+    expected = held.with_seed(held.seed + int(plan.method.get("fit_seed_offset", 0) or 0)).to_dict()
+    if plan.chip != expected:
+        raise UserError(f"{chip_file.parent}: plan.json was fitted for another chip (seed {plan.chip.get('seed')}) "
+                        f"than the weights were read back from (seed {held.seed})")
 
 
 def is_calibrated(folder: str | Path) -> bool:
@@ -55,5 +75,6 @@ def load_calibrated(name_or_folder: str | Path, **options):
     model, tokenizer = load_model(name_or_folder, **options)
     if is_calibrated(name_or_folder):
         plan = Plan.load(Path(name_or_folder) / PLAN_FILE)
+        check_chip(plan, Path(name_or_folder) / CHIP_FILE)
         model._romer_plan = apply(model, None, plan)
     return model, tokenizer

@@ -10,11 +10,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from romer.calibrate.routing_rule import RouterFix
 from romer.errors import UserError
 from romer.io import write_json_atomic
+from romer.models.view import moe_layers
 
 PLAN_VERSION = 1
+
+
+SUMMARY_KEYS = ("model_type", "moe_layers", "num_experts", "top_k")
+
+
+def model_summary(model: nn.Module) -> dict:
+    """What a plan must match: the model type and its MoE layers' indices, expert counts and top-k."""
+    layers = moe_layers(model)
+    return {"model_type": getattr(model.config, "model_type", None), "moe_layers": [l.index for l in layers],
+            "num_experts": [l.num_experts for l in layers], "top_k": [l.top_k for l in layers]}
 
 
 @dataclass
@@ -79,6 +92,19 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path} is not JSON: {exc}") from None
         return cls.from_dict(data)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a plan fitted on another model (type, MoE layers, experts or top-k differ); a plan that records
+        no model (``Plan.none``) fits any."""
+        recorded = {k: self.model[k] for k in SUMMARY_KEYS if k in self.model}
+        if not recorded:
+            return
+        actual = model_summary(model)
+        wrong = [k for k in recorded if recorded[k] != actual[k]]
+        if wrong:
+            k = wrong[0]
+            raise UserError(f"the plan was fitted on another model: its {k} is {recorded[k]}, this model's is "
+                            f"{actual[k]}")
 
     @property
     def changes_routing(self) -> bool:

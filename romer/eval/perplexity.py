@@ -80,6 +80,13 @@ class ScoredWindow:
     first: int
 
 
+def check_context(model, window: int) -> None:
+    """Refuse a window longer than the model's context (``config.max_position_embeddings``), where it has one."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and window > context:
+        raise UserError(f"window of {window} tokens is longer than the model's context of {context} tokens")
+
+
 def _bos_id(tokenizer) -> int:
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos_id is None:
@@ -145,6 +152,7 @@ def perplexity(
     except that each window starts with BOS. The caller decides train/eval mode; gradients are never tracked.
     Logits are reduced in float32 (float64 if given).
     """
+    check_context(model, window)
     bos_id = _bos_id(tokenizer)
     pad_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else bos_id
     windows = [ScoredWindow(w, w[1:], 0) for w in token_windows(_encode(tokenizer, text), window, bos_id)]
@@ -201,6 +209,7 @@ def document_perplexity(
     """
     if not documents:
         raise UserError("cannot compute perplexity of no documents")
+    check_context(model, max_length)
     bos_id = _bos_id(tokenizer)
     pad_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else bos_id
     windows = [w for doc in documents for w in rolling_windows(tokenizer.encode(doc), max_length, bos_id)]

@@ -134,6 +134,11 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
         if "remote code" in str(error) or "trust_remote_code" in str(error):
             raise UnsafeModelError(f"{folder}: {_first_line(error)}") from error
         raise ModelNotFoundError(f"{folder}: cannot load the model ({_first_line(error)})") from error
+    except RuntimeError as error:
+        if "mismatched" in str(error) or "size mismatch" in str(error):
+            raise ModelNotFoundError(f"{folder}: the weights' shapes do not match config.json (a checkpoint of "
+                                     "another size, or an edited config)") from error
+        raise
     model = model.to(torch_device).eval()
     check_finite(model, folder)
     if check_moe:

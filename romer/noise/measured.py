@@ -201,6 +201,13 @@ def read_preset_file(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a valid preset file ({first})") from None
+    stated = doc.get("format") if isinstance(doc, dict) else None
+    if stated is not None and stated != PRESET_FILE_FORMAT:
+        family, _, version = str(stated).rpartition("/")
+        ours = PRESET_FILE_FORMAT.rpartition("/")[2]
+        newer = family == PRESET_FILE_FORMAT.rpartition("/")[0] and version.isdigit() and int(version) > int(ours)
+        raise UserError(f"{path}: preset file format {stated!r} is {'newer than' if newer else 'not'} the one this "
+                        f"romer reads ({PRESET_FILE_FORMAT!r}){'; upgrade romer' if newer else ''}")
     data = doc.get("preset", doc) if isinstance(doc, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise UserError(f"{path}: not a preset file (expected a 'preset' mapping with a 'name')")

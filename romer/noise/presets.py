@@ -102,8 +102,12 @@ class NoisePreset:
             raise UserError(f"t_inference must be a finite number of seconds >= 0 (got {t_inference!r})")
 
 
+MAX_SCALE = 1000.0  # a scale knob above this makes noise 1000× the device's: a typo, not an experiment
+
+
 def _coerce(preset: str, knob: str, kind: str, value: Any) -> float | bool:
-    """A knob value as float (finite, ≥ 0) or bool; numbers and booleans may come as strings (CLI)."""
+    """A knob value as float (finite, ≥ 0; a ``*_scale`` knob ≤ MAX_SCALE) or bool; numbers and booleans may come
+    as strings (CLI)."""
     text = str(value).strip().lower()
     if kind == "bool":
         if isinstance(value, bool) or text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -115,6 +119,8 @@ def _coerce(preset: str, knob: str, kind: str, value: Any) -> float | bool:
         out = float("nan")
     if not math.isfinite(out) or out < 0:
         raise UserError(f"{preset}: {knob} must be a finite number >= 0 (got {value!r})")
+    if knob.endswith("scale") and out > MAX_SCALE:
+        raise UserError(f"{preset}: {knob} = {out:g} is absurd (noise {out:g}× the device's); at most {MAX_SCALE:g}")
     return out
 
 
