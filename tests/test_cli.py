@@ -70,7 +70,9 @@ def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
                                  "--json", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    assert set(payload) == {"model", "split", "window", "tokens", "ppl", "word_ppl", "bits_per_byte"}
+    assert set(payload) == {"model", "device", "dtype", "dataset", "data_path", "split", "ppl_convention", "window",
+                            "tasks", "tokens", "ppl_per_chip", "ppl", "ppl_std", "word_ppl", "bits_per_byte"}
+    assert payload["ppl_per_chip"] == [payload["ppl"]] and payload["ppl_std"] == 0 and payload["tasks"] == {}
     assert payload["split"] == "validation" and payload["window"] == 128
     assert payload["tokens"] == corpus_tokens(folder, "validation")  # every validation token scored once
     assert 1000 < payload["ppl"] < 100_000  # an untrained model is near uniform over 8192 tokens
@@ -139,7 +141,7 @@ def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["eval", "--model", "no-such-model"], "neither a zoo model"),
-    (["eval", "--model", "{folder}", "--split", "dev"], "unknown split 'dev'"),
+    (["eval", "--model", "{folder}", "--split", "dev"], "has no split 'dev'"),
     (["eval", "--model", "{folder}", "--window", "1"], "--window must be at least 2"),
     (["zoo", "train", "gpt-5"], "unknown zoo model 'gpt-5'"),
     (["run", "--set", "chip.chips=0"], "chip.chips"),
@@ -158,16 +160,16 @@ def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, messag
 
 def test_noisy_eval_reports_mean_and_std_over_chips(folder, tmp_path):
     out = tmp_path / "noisy.json"
-    args = ["eval", "--model", str(folder), "--split", "validation", "--window", "512", "--preset", "gaussian",
+    args = ["eval", "--model", str(folder), "--split", "validation", "--window", "128", "--preset", "gaussian",
             "--set", "eta=0.5", "--chips", "2", "--placement", "all", "--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    assert {"preset", "chips", "ppl_per_chip", "ppl_mean", "ppl_std"} <= set(payload)
+    assert {"preset", "chips", "seeds", "ppl_per_chip", "ppl", "ppl_std"} <= set(payload)
     assert payload["preset"] == {"name": "gaussian", "eta": 0.5} and payload["chips"] == 2
     a, b = payload["ppl_per_chip"]
     assert a != b, "two chips are two independent noise draws"
-    assert payload["ppl_mean"] == pytest.approx((a + b) / 2)
+    assert payload["ppl"] == pytest.approx((a + b) / 2)
     assert payload["ppl_std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
     runner.invoke(app, args)  # the same chips again: identical numbers
     assert json.loads(out.read_text())["ppl_per_chip"] == [a, b]
@@ -192,10 +194,10 @@ def test_noise_mistakes_are_one_line_errors(args, message):
 
 
 def test_zoo_card_writes_card_json_into_the_folder(folder):
-    result = runner.invoke(app, ["zoo", "card", str(folder), "--window", "256"])
+    result = runner.invoke(app, ["zoo", "card", str(folder), "--window", "128"])
     assert result.exit_code == 0, result.output
     card = json.loads((folder / "card.json").read_text())
-    assert card["split"] == "test" and card["tokens"] == corpus_tokens(folder, "test") and card["window"] == 256
+    assert card["split"] == "test" and card["tokens"] == corpus_tokens(folder, "test") and card["window"] == 128
     assert card["unigram_ppl"] < card["ppl"]  # an untrained model is worse than unigram
     assert len(card["usage"]) == 2 and card["parameters"]["total"] > card["parameters"]["active"]
 

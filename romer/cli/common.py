@@ -76,6 +76,17 @@ def user_errors(command):
     return wrapper
 
 
+def load_options(device: str, dtype: str, device_map: str | None, allow_pickle: bool = False,
+                 trust_remote_code: bool = False) -> dict:
+    """The keyword arguments of ``romer.load`` / ``romer.models.load_model`` from the CLI's loading options."""
+    from romer.devices import parse_device, parse_dtype
+
+    if device_map not in (None, "auto"):
+        raise UserError(f"--device-map takes auto, got {device_map!r}")
+    return {"device": parse_device(device), "dtype": parse_dtype(dtype), "device_map": device_map,
+            "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+
+
 def check_window(window: int) -> None:
     if window < 2:
         raise UserError(f"--window must be at least 2 tokens, got {window}")

@@ -6,9 +6,10 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import (ALLOW_PICKLE_HELP, DATA_PATH_HELP, DATASET_HELP, MAPPING_HELP, MODEL_HELP,
-                              PLACEMENT_HELP, PPL_HELP, PRESET_HELP, SET_HELP, T_HELP, TASK_DATA_HELP, TASKS_HELP,
-                              TRUST_REMOTE_CODE_HELP, check_at_least, check_window, chip_from_options, user_errors)
+from romer.cli.common import (ALLOW_PICKLE_HELP, DATA_PATH_HELP, DATASET_HELP, DEVICE_HELP, DEVICE_MAP_HELP,
+                              DTYPE_HELP, MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PPL_HELP, PRESET_HELP, SET_HELP,
+                              T_HELP, TASK_DATA_HELP, TASKS_HELP, TRUST_REMOTE_CODE_HELP, check_at_least,
+                              check_window, chip_from_options, load_options, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -34,6 +35,9 @@ def eval_command(
     placement: str = typer.Option("moe", help=PLACEMENT_HELP),
     mapping: str = typer.Option("expert", help=MAPPING_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
@@ -60,7 +64,8 @@ def eval_command(
     data = EvalSuite.from_options(dataset, data_path, split, ppl, tasks, task_data, window, batch_size, limit,
                                   max_chars)
     to_stdout = json_path == "-"
-    lm, tokenizer = load(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    loading = load_options(device, dtype, device_map, allow_pickle, trust_remote_code)
+    lm, tokenizer = load(model, **loading)
     if chip is None:
         results = [data.measure(lm, tokenizer, f"{model} · {data.label}", progress=not to_stdout)]
     else:
@@ -75,7 +80,8 @@ def eval_command(
                 return result
 
             results = over_chips(lm, chip, chips, measure)
-    payload = {"model": model, **data.describe(), **summarize(results)}
+    payload = {"model": model, "device": str(loading["device"]), "dtype": dtype, **data.describe(),
+               **summarize(results)}
     if chip is not None:
         payload.update(preset=chip.preset.to_dict(), chip=chip.to_dict(), chips=chips,
                        seeds=[c.seed for c in chip.series(chips)])

@@ -7,8 +7,10 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import (MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PRESET_HELP, SET_HELP, T_HELP,
-                              check_at_least, check_window, chip_from_options, user_errors)
+from romer.cli.common import (ALLOW_PICKLE_HELP, DATA_PATH_HELP, DATASET_HELP, DEVICE_HELP, DEVICE_MAP_HELP,
+                              DTYPE_HELP, MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PRESET_HELP, SET_HELP, T_HELP,
+                              TRUST_REMOTE_CODE_HELP, check_at_least, check_window, chip_from_options, load_options,
+                              user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -23,15 +25,22 @@ def stats_command(
     placement: str = typer.Option("moe", help=PLACEMENT_HELP),
     mapping: str = typer.Option("expert", help=MAPPING_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    split: str = typer.Option("validation", help="Corpus split."),
+    dataset: str = typer.Option("bundled", "--dataset", help=DATASET_HELP),
+    data_path: Optional[str] = typer.Option(None, "--data-path", help=DATA_PATH_HELP),
+    split: str = typer.Option("validation", help="Split of the dataset."),
     max_chars: Optional[int] = typer.Option(None, help="Only the first N characters of the split."),
     window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
     plots: Optional[Path] = typer.Option(None, help="Write routing plots (PNG) into this folder."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
 ):
     """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing; weight and
     router-logit SNR, the router-noise account (what a per-expert affine fix can recover) and CIM array load."""
-    from romer.data import load_text
+    from romer.data import load_dataset_text
     from romer.experiment.routing_study import fmt, physical_rows, routing_study
     from romer.models import load_model
     from romer.routing import RoutingStats
@@ -42,8 +51,8 @@ def stats_command(
         raise UserError("--set needs --preset")
     chip = chip_from_options(preset, placement, mapping, seed, t, settings) if preset else None
     to_stdout = json_path == "-"
-    text = load_text(split)[:max_chars]
-    lm, tokenizer = load_model(model)
+    text = load_dataset_text(dataset, data_path, split)[:max_chars]
+    lm, tokenizer = load_model(model, **load_options(device, dtype, device_map, allow_pickle, trust_remote_code))
     result = routing_study(lm, tokenizer, text, chip, chips=chips, window=window, progress=not to_stdout)
     records = result.pop("records")
     if plots is not None:

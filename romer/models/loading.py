@@ -111,12 +111,15 @@ def resolve_dtype(dtype: str | torch.dtype = torch.float32) -> torch.dtype:
 
 
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               *, allow_pickle: bool = False, trust_remote_code: bool = False, check_moe: bool = True):
+               *, allow_pickle: bool = False, trust_remote_code: bool = False, check_moe: bool = True,
+               device_map: str | None = None):
     """Load a causal LM and its tokenizer from the zoo or a local folder, in eval mode: ``(model, tokenizer)``.
 
     No network. Safetensors only unless ``allow_pickle``; remote code only with ``trust_remote_code``; weights
     must be finite. ``check_moe`` (default) refuses a dense model or an MoE layout romer cannot read, before
-    anything else runs.
+    anything else runs. ``device_map="auto"`` (accelerate) spreads a model too large for one GPU over the visible
+    GPUs and the CPU, layer by layer, instead of moving it to ``device``; programming then draws every tensor's
+    noise on the device that tensor lives on.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,10 +127,13 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
     folder = resolve_model_dir(name_or_path, allow_pickle=allow_pickle)
     read_config(folder, trust_remote_code=trust_remote_code)
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    if device_map not in (None, "auto"):
+        raise UserError(f"device_map must be auto (or none), got {device_map!r}")
+    placement = {"device_map": device_map} if device_map else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code, local_files_only=True)
+            trust_remote_code=trust_remote_code, local_files_only=True, **placement)
     except (SafetensorError, OSError, EOFError) as error:
         raise ModelNotFoundError(f"{folder}: cannot read the weights ({_first_line(error)})") from error
     except ValueError as error:
@@ -139,7 +145,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
             raise ModelNotFoundError(f"{folder}: the weights' shapes do not match config.json (a checkpoint of "
                                      "another size, or an edited config)") from error
         raise
-    model = model.to(torch_device).eval()
+    model = (model if device_map else model.to(torch_device)).eval()
     check_finite(model, folder)
     if check_moe:
         from romer.models.view import moe_layers
