@@ -66,18 +66,36 @@ SMOKE = dict(hidden_size=256, intermediate_size=128, num_hidden_layers=2, num_at
              num_key_value_heads=4, num_experts=16, num_experts_per_tok=4, vocab_size=8192)
 
 
-def _shape(smoke: bool) -> dict:
-    return {**OLMOE_1B_7B, **(SMOKE if smoke else {})}
+def _shape(smoke: bool, layers: int | None = None) -> dict:
+    """The published shape (``SMOKE``: a small one of the same family; ``layers``: that many decoder layers of
+    the chosen width, e.g. 4 real-size layers to find where memory goes in minutes rather than an hour)."""
+    return {**OLMOE_1B_7B, **(SMOKE if smoke else {}), **({"num_hidden_layers": layers} if layers else {})}
 
 
-def build(folder: Path, smoke: bool = False, shard_bytes: int = 2 * 10**9) -> dict:
+class Stages:
+    """Resident memory stage by stage: ``mark(name)`` records the RSS now and the peak (VmHWM) since the previous
+    mark, then resets the peak mark, so each stage's own peak is seen (``stages_mb`` in the result)."""
+
+    def __init__(self):
+        self.rows: dict[str, dict[str, float]] = {}
+        self.resets = True  # the first mark's peak counts from the process start
+
+
+    def mark(self, name: str) -> None:
+        self.rows[name] = {"rss": round(_rss_mb(), 1), "peak": round(_peak_mb(), 1)}
+        print(f"{name}: rss {self.rows[name]['rss']:.0f} MB, peak {self.rows[name]['peak']:.0f} MB",
+              file=sys.stderr, flush=True)
+        self.resets = _reset_peak() and self.resets
+
+
+def build(folder: Path, smoke: bool = False, shard_bytes: int = 2 * 10**9, layers: int | None = None) -> dict:
     """Write the random-weight checkpoint without ever holding the model: the shapes come from a model built on
     the meta device; each tensor is drawn from its own seed (bf16) and written in safetensors shards of
     ≈ ``shard_bytes`` (the model's own fused expert keys, which ``from_pretrained`` reads as they are)."""
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("olmoe", **_shape(smoke))
+    config = AutoConfig.for_model("olmoe", **_shape(smoke, layers))
     started = time.perf_counter()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -112,6 +130,7 @@ def build(folder: Path, smoke: bool = False, shard_bytes: int = 2 * 10**9) -> di
 
 
 def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: int) -> dict:
+    """Every stage on the CPU in bf16, timed, with its resident memory (``Stages``)."""
     from romer.calibrate import Calibrator, apply
     from romer.calibrate.calibrator import observe
     from romer.calibrate.config import MethodConfig
@@ -128,8 +147,10 @@ def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: 
     out["load_s"] = time.perf_counter() - started
     out["params"] = sum(p.numel() for p in model.parameters())
     out["model_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    out["rss_loaded_mb"], out["peak_load_mb"] = _rss_mb(), _peak_mb()
-    out["peak_reset"] = _reset_peak()
+    stages = Stages()  # the peak since the process began: the load (and imports)
+    stages.mark("load")
+    out["rss_loaded_mb"], out["peak_load_mb"] = stages.rows["load"]["rss"], stages.rows["load"]["peak"]
+    out["peak_reset"] = stages.resets
 
     chip = default_chip(0)
     method = MethodConfig(name="romer", kind="romer",
@@ -145,6 +166,7 @@ def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: 
     out["program_s"] = time.perf_counter() - started
     out["program_draws"] = handle.draws
     out["analog_params"] = sum(model.get_parameter(n).numel() for n in handle.names)
+    stages.mark("program")
     started = time.perf_counter()
     with record_routing(model) as record:
         noisy = perplexity(model, tokenizer, eval_text, window=window, batch_size=1)
@@ -152,38 +174,47 @@ def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: 
     out["eval_tokens"] = noisy.tokens
     out["noisy_eval_tok_s"] = noisy.tokens / out["stats_eval_s"]
     out["cv_noisy"] = sum(coefficient_of_variation(layer.frequency) for layer in record) / len(record.layers)
+    stages.mark("stats eval")
     started = time.perf_counter()
     noisy_obs = observe(model, windows, 1, keep_logits=True)
     out["noisy_observe_s"] = time.perf_counter() - started
+    stages.mark("noisy observe")
     started = time.perf_counter()
     handle.restore()
     out["restore_s"] = time.perf_counter() - started
+    stages.mark("restore")
     started = time.perf_counter()
     clean_obs = observe(model, windows, 1, keep_logits=True)
     out["clean_observe_s"] = time.perf_counter() - started
+    stages.mark("clean observe")
     started = time.perf_counter()
     plan = calibrator.fit(model, windows, chip, clean=clean_obs, noisy=noisy_obs)
     out["fit_s"] = time.perf_counter() - started
+    stages.mark("fit")
     out["calibration_windows"] = calibration_windows
     out["calibration_s_per_window"] = (out["noisy_observe_s"] + out["clean_observe_s"] + out["fit_s"]) / \
         calibration_windows
     started = time.perf_counter()
     with apply(model, chip, plan):
         applied_s = time.perf_counter() - started
+        stages.mark("apply")
         scored = perplexity(model, tokenizer, eval_text, window=window, batch_size=1)
         eval_s = time.perf_counter() - started - applied_s
+        stages.mark("eval")
     out["apply_s"], out["eval_s"] = applied_s, eval_s
     out["eval_tok_s"] = scored.tokens / eval_s
     out["ppl_noisy"], out["ppl_romer"] = noisy.ppl, scored.ppl
-    out["peak_after_load_mb"] = _peak_mb()
+    stages.mark("restore after eval")
+    out["stages_mb"] = stages.rows
+    out["peak_after_load_mb"] = max(row["peak"] for name, row in stages.rows.items() if name != "load")
     out["peak_over_model"] = out["peak_after_load_mb"] / out["model_mb"]
     out["peak_load_over_model"] = out["peak_load_mb"] / out["model_mb"]
     return out
 
 
 def _run_child(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    sys.stderr.write(done.stderr[-4000:])
+    # stderr goes straight to ours (stage by stage, live): a run killed midway still shows how far it got
+    done = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed (exit {done.returncode})")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -240,10 +271,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoint folder afterwards.")
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="A small model of the same family (checks the script).")
+    parser.add_argument("--layers", type=int, help="Build this many decoder layers of the chosen width (default: "
+                        "the published 16; e.g. 4 real-size layers find where memory goes in minutes).")
     parser.add_argument("--child", choices=("build", "pipeline"))
     args = parser.parse_args()
     if args.child == "build":
-        print(json.dumps(build(args.folder, args.smoke)))
+        print(json.dumps(build(args.folder, args.smoke, layers=args.layers)))
         return
     if args.child == "pipeline":
         print(json.dumps(pipeline(args.folder, args.calibration_windows, args.eval_windows, args.window)))
@@ -251,16 +284,17 @@ def main() -> None:
     built = None
     if not (args.folder / "config.json").exists():
         print(f"building {args.folder} …", file=sys.stderr, flush=True)
-        built = _run_child("--child", "build", "--folder", str(args.folder), *(["--smoke"] if args.smoke else []))
+        built = _run_child("--child", "build", "--folder", str(args.folder), *(["--smoke"] if args.smoke else []),
+                           *(["--layers", str(args.layers)] if args.layers else []))
     print("running the pipeline …", file=sys.stderr, flush=True)
     result = _run_child("--child", "pipeline", "--folder", str(args.folder), "--calibration-windows",
                         str(args.calibration_windows), "--eval-windows", str(args.eval_windows),
                         "--window", str(args.window))
     result.update(window=args.window, build=built)
-    result["active_params"] = _active_params(result, _shape(args.smoke))
+    result["active_params"] = _active_params(result, _shape(args.smoke, args.layers))
     from romer.io import replace_between_markers, write_text_atomic
 
-    if not args.smoke:
+    if not args.smoke and not args.layers:
         write_text_atomic(RESULT, json.dumps(result, indent=2) + "\n")
     text = table(result)
     print(text)

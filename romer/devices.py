@@ -91,3 +91,23 @@ def cuda_memory() -> list[tuple[str, int, int]]:
         free, total = torch.cuda.mem_get_info(i)
         out.append((f"cuda:{i}", int(free), int(total)))
     return out
+
+
+_LIBC = None
+
+
+def release_free_memory() -> bool:
+    """Hand memory that torch has freed but the C allocator still keeps back to the system (glibc
+    ``malloc_trim``); False where that is not available. Buffers of up to 32 MiB (one expert matrix in float32,
+    a layer's activations) come from glibc's heaps, which keep their freed holes: without a trim after each
+    stage (programming, restore, a forward pass) a real-size model's resident memory creeps up by gigabytes."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return bool(_LIBC) and bool(_LIBC.malloc_trim(0))

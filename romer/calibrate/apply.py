@@ -12,7 +12,7 @@ from romer.calibrate import replacement as rep
 from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
 from romer.models.view import moe_layers
-from romer.noise.chip import Chip, program
+from romer.noise.chip import Chip, program, store_for
 from romer.noise.placement import NAMED_PLACEMENTS, analog_weights
 
 
@@ -45,10 +45,36 @@ def plan_cost(model: nn.Module, chip: Chip, plan: Plan) -> Cost:
     return Cost(digital / analog, extra / analog if "routed_experts" in chip.placement else 0.0)
 
 
+UNDO_MEMORY_LIMIT = 64 << 20  # saved weights in RAM up to 64 MiB, else a temp file (a 7B plan saves ~0.8 GB)
+
+
+class Saved:
+    """Views into the model saved before they are overwritten, in a clean store (RAM when small, else an
+    anonymous temp file: a real-size plan's replica slots would otherwise cost a copy of them in memory);
+    ``restore()`` writes them back, last saved first, and frees the store."""
+
+    def __init__(self, views: list[torch.Tensor]):
+        self._views = views
+        self._store = store_for(sum(v.numel() * v.element_size() for v in views), limit=UNDO_MEMORY_LIMIT)
+        for i, view in enumerate(views):
+            self._store.put(str(i), view)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for i in reversed(range(len(self._views))):
+            self._store.restore_into(str(i), self._views[i])
+        self.close()
+
+    def close(self) -> None:
+        """Free the saved copies without writing them back."""
+        self._views = []
+        self._store.close()
+
+
 class Applied:
     """A model running a plan on a chip; ``restore()`` (or leaving the ``with`` block) gives the clean model back."""
 
-    def __init__(self, programmed, handles: list, undo: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, programmed, handles: list, undo: Saved | None):
         self._programmed, self._handles, self._undo = programmed, handles, undo
 
     @torch.no_grad()
@@ -59,9 +85,9 @@ class Applied:
         if self._programmed is not None:
             self._programmed.restore()
             self._programmed = None
-        for view, original in reversed(self._undo):
-            view.copy_(original)
-        self._undo = []
+        if self._undo is not None:
+            self._undo.restore()
+            self._undo = None
 
     def __enter__(self) -> "Applied":
         return self
@@ -77,27 +103,27 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
     refused before anything changes."""
     plan.check_model(model)
     layers = {layer.index: layer for layer in moe_layers(model)}
-    undo: list[tuple[torch.Tensor, torch.Tensor]] = []
-    programmed = None
+    undo, keep, programmed = None, None, None
     try:
         if chip is not None:
-            for r in plan.replacement:
-                if r.variant in rep.COPYING_VARIANTS:
-                    for cold, hot in r.pairs:
-                        undo += rep.copy_expert(layers[r.layer].experts, hot, cold)
-            keep = [(v, v.clone()) for i, es in plan.digital_experts.items() for e in es
-                    for v in rep.expert_views(layers[i].experts, e)]
-            if plan.digital_attention:
-                keep += [(p.data, p.detach().clone()) for p in _attention_weights(model, chip)]
+            copies = [(layers[r.layer].experts, hot, cold) for r in plan.replacement
+                      if r.variant in rep.COPYING_VARIANTS for cold, hot in r.pairs]
+            undo = Saved([t for experts, _, cold in copies for t in experts.tensors(cold).values()])
+            for experts, hot, cold in copies:
+                rep.copy_expert(experts, hot, cold, undo=False)
+            keep = Saved([v for i, es in plan.digital_experts.items() for e in es
+                          for v in rep.expert_views(layers[i].experts, e)]
+                         + ([p.detach() for p in _attention_weights(model, chip)] if plan.digital_attention else []))
             programmed = program(model, chip)  # clean copies in RAM when small, else a temp file
             for r in plan.replacement:
                 if r.variant == "replica":
                     for cold, hot in r.pairs:
                         rep.average_into(layers[r.layer].experts, hot, cold)
-            for view, clean in keep:
-                view.copy_(clean)
+            keep.restore()  # the plan's digital weights read back clean
         handles = install(list(layers.values()), plan.router)
     except BaseException:
+        if keep is not None:
+            keep.close()  # never written back here: programming restores what it perturbed
         Applied(programmed, [], undo).restore()
         raise
     return Applied(programmed, handles, undo)

@@ -10,6 +10,7 @@ from torch import nn
 
 from romer.calibrate.config import CalibrationData
 from romer.data import load_dataset_documents
+from romer.devices import release_free_memory
 from romer.errors import UserError
 from romer.eval.perplexity import check_context
 from romer.models.view import moe_layers
@@ -46,6 +47,7 @@ def run_windows(model: nn.Module, windows: torch.Tensor, batch_size: int) -> Non
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     for start in range(0, windows.shape[0], batch_size):
         decoder(input_ids=windows[start:start + batch_size].to(device))
+    release_free_memory()
 
 
 @contextmanager

@@ -66,14 +66,16 @@ def expert_views(experts: RoutedExperts, e: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def copy_expert(experts: RoutedExperts, source: int, target: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def copy_expert(experts: RoutedExperts, source: int, target: int, undo: bool = True
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Write expert ``source``'s weights (and biases, where the experts have them: gpt_oss) into slot ``target``;
-    returns (view, original) pairs to undo it."""
-    undo = []
+    returns (view, original) pairs to undo it (none with ``undo=False``: the caller saved the slot itself)."""
+    saved = []
     for src, dst in zip(experts.tensors(source).values(), experts.tensors(target).values()):
-        undo.append((dst, dst.clone()))
+        if undo:
+            saved.append((dst, dst.clone()))
         dst.copy_(src)
-    return undo
+    return saved
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from romer.devices import release_free_memory
 from romer.errors import UserError
 from romer.progress import Progress
 
@@ -134,6 +135,7 @@ def _score(model, windows: list[ScoredWindow], pad_id: int, batch_size: int, pro
     finally:
         if bar is not None:
             bar.stop()
+        release_free_memory()  # the logits' and activations' buffers, kept by the C allocator otherwise
     return nll_sum, tokens
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from romer.devices import available_ram_bytes, check_programmable
+from romer.devices import available_ram_bytes, check_programmable, release_free_memory
 from romer.errors import UserError
 from romer.noise.draws import NormalStream
 from romer.noise.mapping import MAPPING_GROUPS
@@ -169,11 +169,16 @@ CLEAN_STORES = {"disk": DiskStore, "memory": MemoryStore}
 AUTO_MEMORY_LIMIT = 1 << 30  # "auto": clean copies in RAM up to 1 GiB (and a quarter of the free RAM)
 
 
-def _store_for(kind: str, weights) -> DiskStore | MemoryStore:
+def store_for(nbytes: int, kind: str = "auto", limit: int = AUTO_MEMORY_LIMIT) -> DiskStore | MemoryStore:
+    """A clean store for ``nbytes`` of tensors: ``kind`` "disk" or "memory", or "auto": memory when ``nbytes`` is
+    at most ``limit`` and a quarter of the free RAM, else disk."""
     if kind == "auto":
-        nbytes = sum(w.parameter.numel() * w.parameter.element_size() for w in weights)
-        kind = "memory" if nbytes <= min(AUTO_MEMORY_LIMIT, available_ram_bytes() // 4) else "disk"
+        kind = "memory" if nbytes <= min(limit, available_ram_bytes() // 4) else "disk"
     return CLEAN_STORES[kind]()
+
+
+def _store_for(kind: str, weights) -> DiskStore | MemoryStore:
+    return store_for(sum(w.parameter.numel() * w.parameter.element_size() for w in weights), kind)
 
 
 @contextmanager
@@ -232,6 +237,7 @@ class Programmed:
         self._store.close()
         self._store = None
         delattr(self.model, _PROGRAMMED_FLAG)
+        release_free_memory()
 
     def __enter__(self) -> "Programmed":
         return self
@@ -281,6 +287,7 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
         store.close()
         raise
     setattr(model, _PROGRAMMED_FLAG, chip)
+    release_free_memory()  # the float32 working buffers of the last matrices
     handle = Programmed(model, chip, store, params)
     handle.draws = draws
     return handle
