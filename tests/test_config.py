@@ -50,7 +50,7 @@ def test_overrides_are_yaml_values_on_dotted_keys():
     (["eval.foo=1"], "config default.yaml: unknown key 'foo' in eval"),
     (["bogus=1"], "config default.yaml: unknown key 'bogus'"),
     (["eval.window=wide"], "config default.yaml: eval.window: must be a valid integer"),
-    (["eval.split=dev"], "config default.yaml: eval.split: must be 'train', 'validation' or 'test' (got 'dev')"),
+    (["eval.split=dev"], "config default.yaml: eval: dataset 'bundled' has no split 'dev'; choose one of train, validation, test"),
     (["methods=[clean, magic]"], "config default.yaml: methods: unknown method 'magic'"),
     (["methods=[clean, clean]"], "config default.yaml: methods: method name 'clean' appears twice"),
     (["methods=[{name: x, kind: noisy, bogus: 1}]"], "config default.yaml: unknown key 'bogus' in methods[0]"),

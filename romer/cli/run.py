@@ -16,16 +16,17 @@ def results_table(rows: list[dict], title: str):
     """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval); preset,
     t and placement go into the title when they take one value only. Model, preset and method names are never
     cut: the numeric columns fold instead."""
-    from romer.report.tables import HEADER, cells
+    from romer.report.tables import accuracy_keys, cells, header
 
+    columns, accuracy = header(rows), accuracy_keys(rows)
     constant = {i for i in (1, 2, 3) if len({cells(r)[i] for r in rows}) == 1}
-    shown = [i for i in range(len(HEADER)) if i not in constant and HEADER[i] != "95 % interval"]
+    shown = [i for i in range(len(columns)) if i not in constant and columns[i] != "95 % interval"]
     if rows and constant:
-        title += " (" + ", ".join(f"{HEADER[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
-    keys = [j for j, i in enumerate(shown) if HEADER[i] in ("model", "preset", "method")]
+        title += " (" + ", ".join(f"{columns[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
+    keys = [j for j, i in enumerate(shown) if columns[i] in ("model", "preset", "method")]
     right = [j for j, i in enumerate(shown) if i >= 5]
-    return table(title, [HEADER[i] for i in shown], [[cells(r)[i] for i in shown] for r in rows], keys=keys,
-                 right=right)
+    return table(title, [columns[i] for i in shown], [[cells(r, accuracy)[i] for i in shown] for r in rows],
+                 keys=keys, right=right)
 
 
 def _check_models(models: list[str], window: int, batch_size: int) -> None:

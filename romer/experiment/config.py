@@ -138,11 +138,30 @@ class EvalSettings(_Strict):
     tokens (BOS included), ``batch_size`` windows per forward pass; ``dtype`` bfloat16 runs the scoring forward
     passes (not calibration) under bf16 autocast, the weights staying float32 (README, "Time")."""
 
-    split: Literal["train", "validation", "test"] = "test"
+    dataset: str = "bundled"  # a name of romer.data.DATASETS; data_path its local copy
+    data_path: str | None = None
+    split: str = "test"
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
+    tasks: list[str] = Field(default_factory=list)  # zero-shot tasks through lm-eval, scored on every method
+    task_data: dict[str, str] = Field(default_factory=dict)  # task → local file (arc_easy, piqa, …)
+    task_limit: int | None = Field(None, ge=1)  # only the first N items of each task
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # PPL within 0.03 % of float32 on the zoo (README, "Time")
+
+
+    @model_validator(mode="after")
+    def _known_data(self):
+        from romer.data.datasets import dataset_info
+
+        info = dataset_info(self.dataset)
+        if self.split not in info.splits:
+            raise ValueError(f"dataset {self.dataset!r} has no split {self.split!r}; choose one of "
+                             f"{', '.join(info.splits)}")
+        unknown = sorted(set(self.task_data) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"task_data names task(s) not in tasks: {', '.join(unknown)}")
+        return self
 
 
 class RunSettings(_Strict):
@@ -203,6 +222,17 @@ class ExperimentConfig(_Strict):
     def _method_names(cls, value: list[MethodConfig]) -> list[MethodConfig]:
         _unique([m.name for m in value], "method name")
         return value
+
+    @model_validator(mode="after")
+    def _calibration_is_not_evaluation(self) -> "ExperimentConfig":
+        """Calibration text must never be the evaluation text (same dataset, copy and split)."""
+        e = self.eval
+        for m in [self.calibration, *(m.calibration for m in self.methods)]:
+            if (m.dataset, m.data_path, m.split) == (e.dataset, e.data_path, e.split):
+                raise ValueError(f"calibration and evaluation read the same text ({e.dataset} {e.split}"
+                                 f"{'' if e.data_path is None else ' at ' + e.data_path}); calibrate on "
+                                 "another split or dataset")
+        return self
 
     @model_validator(mode="after")
     def _fill_calibration(self) -> "ExperimentConfig":

@@ -21,6 +21,7 @@ Evaluation runs under ``torch.autocast`` when the eval spec names a ``dtype`` ot
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -31,8 +32,8 @@ from romer.calibrate import Calibrator, MethodConfig, Plan, observe, plan_cost
 from romer.calibrate.calibrator import Observation, observe_chip
 from romer.calibrate.config import CalibrationData
 from romer.calibrate.data import calibration_windows
-from romer.data import load_documents
-from romer.eval import perplexity
+from romer.data import load_dataset_text, load_documents
+from romer.eval import evaluate_tasks, perplexity
 from romer.eval.perplexity import PerplexityResult
 from romer.experiment import states
 from romer.experiment.stages import StageClock
@@ -46,9 +47,12 @@ EVAL_ORDER_SEED = 0
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # eval dtype → autocast dtype (weights stay float32)
 
 
-def evaluation_text(split: str) -> str:
-    """The split's documents in a fixed shuffled order (seed 0), joined by blank lines: any prefix mixes the
-    corpus's sources (the split files list all Austen chapters first), so a token-capped slice is representative."""
+def evaluation_text(split: str, dataset: str = "bundled", data_path: str | None = None) -> str:
+    """The bundled split's documents in a fixed shuffled order (seed 0), joined by blank lines: any prefix mixes
+    the corpus's sources (the split files list all Austen chapters first), so a token-capped slice is
+    representative. Any other dataset: its split as GPTQ-style text (``romer.data.load_dataset_text``)."""
+    if dataset != "bundled":
+        return load_dataset_text(dataset, data_path, split)
     documents = load_documents(split)
     order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)).tolist()
     return "\n\n".join(documents[i].text for i in order)
@@ -117,8 +121,19 @@ class Evaluator:
 
     def eval_text(self, name: str, spec: dict) -> str:
         _, tokenizer = self.model(name)
-        return self._memo(("text", name, spec["split"], spec.get("max_tokens")),
-                          lambda: text_slice(tokenizer, evaluation_text(spec["split"]), spec.get("max_tokens")))
+        source = (spec.get("dataset", "bundled"), spec.get("data_path"), spec["split"])
+        return self._memo(("text", name, *source, spec.get("max_tokens")),
+                          lambda: text_slice(tokenizer, evaluation_text(source[2], *source[:2]), spec.get("max_tokens")))
+
+    def tasks(self, model, tokenizer, spec: dict) -> dict:
+        """``{task: {acc, acc_norm, acc_stderr, …, samples}}`` of the model as it is now, or {} without tasks."""
+        if not spec.get("tasks"):
+            return {}
+        with self.clock("tasks"):
+            scores = evaluate_tasks(model, tokenizer, spec["tasks"], spec.get("task_data") or None,
+                                    limit=spec.get("task_limit"))
+        return {task: {**score.metrics, **{f"{k}_stderr": v for k, v in score.stderr.items()},
+                       "samples": score.samples} for task, score in scores.items()}
 
     def precision(self, spec: dict):
         """The evaluation's numeric context: autocast to ``spec["dtype"]`` unless that is float32."""
@@ -133,8 +148,10 @@ class Evaluator:
             with self.clock("clean"), self.precision(spec), record_routing(model) as record:
                 captured = capture_routing(model, tokenizer, self.eval_text(name, spec), spec["window"],
                                            spec["batch_size"], progress=self.progress)
-            return captured, record
-        return self._memo(("clean", name, tuple(sorted(spec.items()))), make)
+            with self.precision(spec):
+                tasks = self.tasks(model, tokenizer, spec)
+            return captured, record, tasks
+        return self._memo(("clean", name, json.dumps(spec, sort_keys=True)), make)
 
     def windows(self, name: str, data: CalibrationData) -> torch.Tensor:
         _, tokenizer = self.model(name)
@@ -229,7 +246,8 @@ class _GroupRun:
                 result = perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
                                     window=self.spec["window"], batch_size=self.spec["batch_size"],
                                     progress=self.ev.progress)
-            self.scores[key] = (method.name, _scored(result, record))
+                tasks = self.ev.tasks(self.model, self.tokenizer, self.spec)
+            self.scores[key] = (method.name, {**_scored(result, record), **({"tasks": tasks} if tasks else {})})
         first, scored = self.scores[key]
         cost = plan_cost(self.model, self.chip, plan)
         out = {**scored, "digital_share": cost.digital_share, "extra_analog_share": cost.extra_analog_share}
@@ -267,12 +285,14 @@ class _GroupRun:
             yield self.row(m, {**row, "plan": plan.to_dict(), "cv_before": cv_before})
         for m in methods:
             if m.kind == "clean":
-                captured, record = self.ev.clean(self.name, self.spec)
-                yield self.row(m, {**_scored(captured.clean, record), "digital_share": 1.0,
+                captured, record, tasks = self.ev.clean(self.name, self.spec)
+                yield self.row(m, {**_scored(captured.clean, record), **({"tasks": tasks} if tasks else {}),
+                                   "digital_share": 1.0,
                                    "extra_analog_share": 0.0, "cv_before": cv_before})
 
     def oracle(self) -> dict:
-        captured, record = self.ev.clean(self.name, self.spec)
+        """Oracle routing replays the clean routing of the evaluation tokens: it has no zero-shot scores."""
+        captured, record, _ = self.ev.clean(self.name, self.spec)
         with self.clock("evaluate"), self.ev.precision(self.spec):
             result = oracle_perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
                                        captured, progress=self.ev.progress)

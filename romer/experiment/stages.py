@@ -1,4 +1,5 @@
-"""Where a run's time goes: exclusive wall seconds per stage (load, clean, program, calibrate, evaluate).
+"""Where a run's time goes: exclusive wall seconds per stage (load, clean, program, calibrate, evaluate, tasks:
+zero-shot accuracy).
 
 A ``StageClock`` times named stages; a stage opened inside another counts only for itself, so the stages of a
 row add up to the time spent on it. ``take()`` hands the times gathered since the last call to the result row
@@ -12,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STAGES = ("load", "clean", "program", "calibrate", "evaluate")
+STAGES = ("load", "clean", "program", "calibrate", "evaluate", "tasks")
 
 
 class StageClock:

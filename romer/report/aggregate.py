@@ -4,7 +4,8 @@ ppl_mean, ppl_std (sample std over chips), ppl_ci95 = mean ± t₀.₉₇₅,ₙ
 reduction_pct = 100 · (1 − PPL/PPL_noisy) and gap_recovered_pct = 100 · (PPL_noisy − PPL)/(PPL_noisy − PPL_clean),
 as ratios of chip means over the chip seeds the method, the noisy baseline (method kind "noisy") and the clean
 one (kind "clean") share — paired by seed — or over all their chips when they share none. PPL is per token (no
-unit); inference time t in s; CV is the load-balance coefficient of variation of expert frequencies.
+unit); inference time t in s; CV is the load-balance coefficient of variation of expert frequencies; accuracy
+(zero-shot tasks, when the config has ``eval.tasks``) is lm-eval's acc / acc_norm, mean and std over chips.
 """
 
 from __future__ import annotations
@@ -135,7 +136,21 @@ def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float]
         out["gap_recovered_pct"] = 100.0 * (n_ - p) / (n_ - c) if n_ - c > 0 else None
     for key, metric in MEANS.items():
         out[key] = _mean(r["metrics"].get(metric) for r in rows)
+    accuracy = _accuracy(rows)
+    if accuracy:
+        out["accuracy"] = accuracy
     return out
+
+
+def _accuracy(rows: list[dict]) -> dict[str, dict]:
+    """``{"TASK acc": {"mean", "std", "chips"}, "TASK acc_norm": …}`` over the chips (sample std; 0 for one)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        for task, scores in sorted((r["metrics"].get("tasks") or {}).items()):
+            for metric in ("acc", "acc_norm"):
+                values[f"{task} {metric}"] += _finite([scores.get(metric)])
+    return {k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "chips": len(v)}
+            for k, v in values.items() if v}
 
 
 def aggregate(store: ResultsStore | str, config_hash: str | None = None) -> list[dict]:

@@ -8,7 +8,7 @@ import json
 import struct
 from html import escape
 
-from romer.report.tables import HEADER, Grid, cells, grid_cell, grids
+from romer.report.tables import Grid, accuracy_keys, cells, grid_cell, grids, header
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1280px; padding: 0 2em; line-height: 1.4;
@@ -46,11 +46,12 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 
 def table_html(rows: list[dict]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in HEADER)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header(rows))
+    accuracy = accuracy_keys(rows)
     body = []
     for row in rows:
         body.append("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' if i >= 5 else f"<td>{escape(c)}</td>"
-                                     for i, c in enumerate(cells(row))) + "</tr>")
+                                     for i, c in enumerate(cells(row, accuracy))) + "</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
 
 

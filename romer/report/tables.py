@@ -36,8 +36,28 @@ def _num(value, digits: int = 2, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def cells(row: dict) -> list[str]:
-    """The human-readable cells of one row (markdown, HTML and the terminal table share them)."""
+def accuracy_keys(rows: list[dict]) -> list[str]:
+    """The zero-shot columns ("TASK acc", "TASK acc_norm") any row has, in first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row.get("accuracy", {})))
+
+
+def header(rows: list[dict]) -> list[str]:
+    """HEADER and one column per zero-shot metric of ``rows``."""
+    return [*HEADER, *(f"{k} (%)" for k in accuracy_keys(rows))]
+
+
+def _accuracy_cell(row: dict, key: str) -> str:
+    a = row.get("accuracy", {}).get(key)
+    return "—" if a is None else f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}"
+
+
+def cells(row: dict, accuracy: list[str] = ()) -> list[str]:
+    """The human-readable cells of one row (markdown, HTML and the terminal table share them), with the
+    ``accuracy`` columns (see :func:`accuracy_keys`) at the end."""
+    return _base_cells(row) + [_accuracy_cell(row, k) for k in accuracy]
+
+
+def _base_cells(row: dict) -> list[str]:
     ci = row.get("ppl_ci95")
     cv = "—" if row.get("cv_mean") is None else (f"{_num(row.get('cv_before_mean'), 3)} → {row['cv_mean']:.3f}")
     return [row["model"], row["preset"], f"{row['t']:g}", row["placement"], row["method"],
@@ -76,26 +96,30 @@ def grid_cell(row: dict) -> tuple[str, str]:
         parts.append(f"gap {row['gap_recovered_pct']:.0f} %")
     if row.get("digital_share"):
         parts.append(f"dig. {100 * row['digital_share']:.1f} %")
+    parts += [f"{k} {100 * a['mean']:.1f} %" for k, a in row.get("accuracy", {}).items()]
     return ppl, " · ".join(parts) or "—"
 
 
 def markdown(rows: list[dict], title: str | None = None) -> str:
     lines = [f"# {title}", ""] if title else []
-    lines += ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(HEADER)))
+    columns, accuracy = header(rows), accuracy_keys(rows)
+    lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(columns)))
               + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row)) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row, accuracy)) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    accuracy = [f"{k} {stat}" for k in accuracy_keys(rows) for stat in ("mean", "std")]
+    writer.writerow([*CSV_COLUMNS, *accuracy])
     for row in rows:
         ci = row.get("ppl_ci95") or [None, None]
-        flat = {**row, "ppl_ci95_low": ci[0], "ppl_ci95_high": ci[1]}
-        writer.writerow(["" if flat.get(c) is None else _csv_value(flat[c]) for c in CSV_COLUMNS])
+        flat = {**row, "ppl_ci95_low": ci[0], "ppl_ci95_high": ci[1],
+                **{f"{k} {stat}": a[stat] for k, a in row.get("accuracy", {}).items() for stat in ("mean", "std")}}
+        writer.writerow(["" if flat.get(c) is None else _csv_value(flat[c]) for c in (*CSV_COLUMNS, *accuracy)])
     return buffer.getvalue()
 
 
