@@ -29,6 +29,15 @@ def main_cell(r: dict) -> str:
                                                                      if r["digital_share"] else ""))
 
 
+def accuracy_cell(r: dict) -> str:
+    """Zero-shot accuracy (%), mean ± std over chips: cloze acc / next-sentence acc_norm."""
+    acc = r.get("accuracy", {})
+    parts = [acc.get(k) for k in ("romer_cloze acc", "romer_nextsent acc_norm")]
+    if not any(parts):
+        return "—"
+    return " / ".join("—" if a is None else f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}" for a in parts)
+
+
 def short_cell(r: dict) -> str:
     if r["kind"] in ("clean", "noisy"):
         return f"{r['ppl_mean']:.2f}"
@@ -48,9 +57,22 @@ def section(root: Path, config: str, placement: str | None, cell, intro: str) ->
 
 
 def render_main(root: Path) -> str:
-    return "\n\n".join(
-        section(root, "main", p, main_cell, f"**`romer run main --out results/main`**, test split, placement `{p}`")
-        for p in ("moe", "all"))
+    parts = []
+    for p in ("moe", "all"):
+        parts.append(section(root, "main", p, main_cell,
+                             f"**`romer run main --out results/main`**, test split, placement `{p}`"))
+        rows = _rows(root, "main")
+        if rows and any(r.get("accuracy") for r in rows):
+            parts.append(f"Zero-shot accuracy (%), placement `{p}`, mean ± std over the chips: `romer_cloze` acc / "
+                         "`romer_nextsent` acc_norm, first 100 items of each (chance ≈ 0 / 25 %; lm-eval stderr "
+                         "per chip ≈ ±3.5 / ±5 points); oracle routing has none (it replays the evaluation "
+                         "tokens' clean routing):\n\n" + table(rows, accuracy_cell, p))
+    return "\n\n".join(parts)
+
+
+def _rows(root: Path, config: str) -> list[dict]:
+    path = root / "results" / config / "results.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
 def render_ablations(root: Path) -> str:
