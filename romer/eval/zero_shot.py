@@ -15,6 +15,7 @@ length in characters), each with lm-eval's stderr (sample std / √n).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import sys
 import statistics
@@ -111,6 +112,15 @@ def _task_specs(tasks: Sequence[str], data_paths: Mapping[str, str | Path] | Non
     return specs, any(isinstance(s, str) for s in specs)
 
 
+@contextlib.contextmanager
+def _shown_on_error(captured: io.StringIO):
+    try:
+        yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue()[-4000:])
+        raise
+
+
 def evaluate_tasks(
     model,
     tokenizer,
@@ -141,7 +151,10 @@ def evaluate_tasks(
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"lm-eval could not load task(s) {', '.join(tasks)} offline: {first_line}") from None
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints notes to stdout: keep it for romer's output
+        # lm-eval prints notes to stdout and draws tqdm bars on stderr (tqdm reads TQDM_DISABLE at import only):
+        # romer's own output and progress lines stay readable; the captured text is shown if lm-eval fails
+        chatter = io.StringIO()
+        with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
                 log_samples=False, task_manager=manager, verbosity="ERROR",
