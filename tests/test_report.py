@@ -114,7 +114,7 @@ def test_html_page_is_self_contained_with_valid_pngs(written):
     page.feed((folder / "report.html").read_text(encoding="utf-8"))
     page.close()
     assert page.tags.count("table") == 1 + 2  # the full table + one method × model grid per t
-    assert page.cells == len(report.rows) * (12 + 1)  # every row once in the full table, once as a grid cell
+    assert page.cells == len(report.rows) * (13 + 1)  # every row once in the full table, once as a grid cell
     assert len(page.images) == len(report.plots) > 0
     for attrs in page.images:
         prefix = "data:image/png;base64,"

@@ -100,7 +100,7 @@ def test_tables_render_with_expected_rows(rendered):
         assert int(table["data-body-rows"]) == len(METHODS) and int(table["data-columns"]) == 1 + len(MODELS)
         assert table["data-visible"] == "true" and 0 < int(table["data-rendered-width"]) <= WIDTH  # fits the window
     assert int(full[0]["data-body-rows"]) == len(MODELS) * len(PLACEMENTS) * len(METHODS)
-    assert int(full[0]["data-columns"]) == 12
+    assert int(full[0]["data-columns"]) == 13
     assert full[0]["data-visible"] == "false"  # collapsed in its <details> until opened
 
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from romer.experiment.config import noise_label
 from romer.experiment.store import ResultsStore
+from romer.routing.cim_load import VARIANT_TRAFFIC, cim_load, relative_throughput
 
 SETTING = ("model", "preset", "t_inference", "placement")  # store columns
 ROW_KEYS = ("model", "preset", "t", "placement", "method")  # table rows (t in s)
@@ -112,7 +113,8 @@ def _paired(own: dict[int, float], *others: dict[int, float]) -> list[dict[int, 
     return [{s: d[s] for s in shared} for d in (own, *others)]
 
 
-def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float]) -> dict:
+def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float],
+              clean_frequency: list | None = None) -> dict:
     """One table row from one method's trials in one setting (all rows share model, preset, t, placement)."""
     first = rows[0]
     ppl = {r["chip_seed"]: r["ppl"] for r in rows if r["ppl"] is not None and math.isfinite(r["ppl"])}
@@ -139,6 +141,35 @@ def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float]
     accuracy = _accuracy(rows)
     if accuracy:
         out["accuracy"] = accuracy
+    out.update(_cim(rows, clean_frequency))
+    return out
+
+
+def _trial_load(trial: dict) -> dict | None:
+    """The CIM load (romer.routing.cim_load) of one trial: its expert frequencies on the evaluated tokens, with its
+    plan's replicas driven as that variant drives them; None without frequencies."""
+    frequency = trial["metrics"].get("frequency")
+    if not frequency:
+        return None
+    plan = trial.get("plan") or {}
+    layers = (plan.get("model") or {}).get("moe_layers") or list(range(len(frequency)))
+    pairs, traffic, mask = {}, "share", True
+    for r in plan.get("replacement", []):
+        pairs[r["layer"]] = [tuple(p) for p in r["pairs"]]
+        traffic, mask = VARIANT_TRAFFIC[r["variant"]]
+    return cim_load(frequency, layers, pairs, traffic, mask)
+
+
+def _cim(rows: list[dict], clean_frequency: list | None) -> dict:
+    """Mean over chips of the array utilisation (mean / max load) and of the MoE throughput relative to the
+    clean model on the same tokens (Σ_l max load, clean / method)."""
+    loads = [load for load in map(_trial_load, rows) if load is not None]
+    if not loads:
+        return {}
+    out = {"utilisation_mean": statistics.fmean(load["utilisation"] for load in loads)}
+    if clean_frequency:
+        clean = cim_load(clean_frequency, list(range(len(clean_frequency))))
+        out["throughput_mean"] = statistics.fmean(relative_throughput(clean, load) for load in loads)
     return out
 
 
@@ -174,7 +205,10 @@ def aggregate_rows(trials: list[dict], config: dict | None = None) -> list[dict]
     out = []
     for by_method in settings.values():
         noisy, clean = _baseline(by_method, "noisy"), _baseline(by_method, "clean")
-        out += [summarise(rows, noisy, clean) for rows in by_method.values()]
+        clean_trials = next((rows for rows in by_method.values() if rows and rows[0]["method_kind"] == "clean"), [])
+        clean_frequency = next((t["metrics"].get("frequency") for t in clean_trials if t["metrics"].get("frequency")),
+                               None)
+        out += [summarise(rows, noisy, clean, clean_frequency) for rows in by_method.values()]
     return sorted(out, key=lambda row: sort_key(orders, row))
 
 

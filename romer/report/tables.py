@@ -1,8 +1,9 @@
 """Result tables as markdown, CSV and JSON (deterministic: same rows → same bytes).
 
 Columns: model, preset, t (s), placement, method, chips, PPL mean ± std over chips, its 95 % interval, PPL reduction
-vs noisy (%), share of the noisy − clean gap recovered (%), load-balance CV before (noisy) → after, digital share of
-the analog weights. For comparison the same rows also pivot into one method × model grid per (preset, placement, t).
+vs noisy (%), share of the noisy − clean gap recovered (%), load-balance CV before (noisy) → after, CIM throughput
+(MoE throughput relative to the clean model with one array per expert slot: romer.routing.cim_load), digital share
+of the analog weights, and one column per zero-shot metric when the config scores tasks. For comparison the same rows also pivot into one method × model grid per (preset, placement, t).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 
 CSV_COLUMNS = ("model", "preset", "t", "placement", "method", "kind", "chips", "tokens", "ppl_mean",
                "ppl_std", "ppl_ci95_low", "ppl_ci95_high", "reduction_pct", "gap_recovered_pct", "word_ppl_mean",
-               "bits_per_byte_mean", "cv_before_mean", "cv_mean", "digital_share", "seconds_mean")
+               "bits_per_byte_mean", "cv_before_mean", "cv_mean", "utilisation_mean", "throughput_mean",
+               "digital_share", "seconds_mean")
 HEADER = ("model", "preset", "t (s)", "placement", "method", "chips", "PPL (mean ± std)", "95 % interval",
-          "reduction vs noisy", "gap recovered", "CV before → after", "digital share")
+          "reduction vs noisy", "gap recovered", "CV before → after", "CIM throughput", "digital share")
 GRID_SETTING = ("preset", "placement", "t")  # one method × model grid per setting
 
 
@@ -63,7 +65,8 @@ def _base_cells(row: dict) -> list[str]:
     return [row["model"], row["preset"], f"{row['t']:g}", row["placement"], row["method"],
             str(row["chips"]), "—" if row["ppl_mean"] is None else f"{row['ppl_mean']:.3f} ± {row['ppl_std']:.3f}",
             "—" if ci is None else f"{ci[0]:.3f} – {ci[1]:.3f}", _num(row.get("reduction_pct"), 1, " %"),
-            _num(row.get("gap_recovered_pct"), 1, " %"), cv, _num(row.get("digital_share"), 3)]
+            _num(row.get("gap_recovered_pct"), 1, " %"), cv, _num(row.get("throughput_mean"), 2, "×"),
+            _num(row.get("digital_share"), 3)]
 
 
 @dataclass(frozen=True)
