@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import sys
 import statistics
@@ -113,6 +114,18 @@ def _task_specs(tasks: Sequence[str], data_paths: Mapping[str, str | Path] | Non
 
 
 @contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors from ``logger`` (and its children) inside the block; its level restored afterwards."""
+    log = logging.getLogger(logger)
+    before = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+@contextlib.contextmanager
 def _shown_on_error(captured: io.StringIO):
     try:
         yield
@@ -154,7 +167,8 @@ def evaluate_tasks(
         # lm-eval prints notes to stdout and draws tqdm bars on stderr (tqdm reads TQDM_DISABLE at import only):
         # romer's own output and progress lines stay readable; the captured text is shown if lm-eval fails
         chatter = io.StringIO()
-        with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
+                _quiet("lm_eval"):
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
                 log_samples=False, task_manager=manager, verbosity="ERROR",
