@@ -57,16 +57,19 @@ def section(root: Path, config: str, placement: str | None, cell, intro: str) ->
 
 
 def render_main(root: Path) -> str:
+    """The default chip (`moe`) from the accuracy config (the default job plus zero-shot tasks) when it has been
+    run, else from main; the stress placement (`all`) from main."""
     parts = []
-    for p in ("moe", "all"):
-        parts.append(section(root, "main", p, main_cell,
-                             f"**`romer run main --out results/main`**, test split, placement `{p}`"))
-        rows = _rows(root, "main")
-        if rows and any(r.get("accuracy") for r in rows):
+    moe_config = "accuracy" if _rows(root, "accuracy") else "main"
+    for p, config in (("moe", moe_config), ("all", "main")):
+        parts.append(section(root, config, p, main_cell,
+                             f"**`romer run {config} --out results/{config}`**, test split, placement `{p}`"))
+        rows = [r for r in _rows(root, config) if r["placement"] == p]
+        if any(r.get("accuracy") for r in rows):
             parts.append(f"Zero-shot accuracy (%), placement `{p}`, mean ± std over the chips: `romer_cloze` acc / "
-                         "`romer_nextsent` acc_norm, first 100 items of each (chance ≈ 0 / 25 %; lm-eval stderr "
-                         "per chip ≈ ±3.5 / ±5 points); oracle routing has none (it replays the evaluation "
-                         "tokens' clean routing):\n\n" + table(rows, accuracy_cell, p))
+                         "`romer_nextsent` acc_norm, on the first items of each task (`eval.task_limit` of the "
+                         "config; chance ≈ 0 / 25 %); oracle routing has none (it replays the evaluation tokens' "
+                         "clean routing):\n\n" + table(rows, accuracy_cell, p))
     return "\n\n".join(parts)
 
 
