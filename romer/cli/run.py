@@ -29,14 +29,16 @@ def results_table(rows: list[dict], title: str):
                  keys=keys, right=right)
 
 
-def _check_models(models: list[str], window: int, batch_size: int) -> None:
+def _check_models(models: list[str], window: int, batch_size: int, device: str = "cpu",
+                  dtype: str = "float32") -> None:
     """Refuse, before any work starts, a model that is neither a trained zoo model nor a local folder, or one that
-    cannot fit this machine's RAM (the runner evaluates in float32 on the CPU)."""
+    cannot fit the device the runner evaluates it on (``eval.device``, ``eval.weights_dtype``)."""
+    from romer.devices import parse_device
     from romer.models import resolve_model_dir
     from romer.models.memory import check_fits
 
     for name in models:
-        check_fits(resolve_model_dir(name), "cpu", "float32", window, batch_size)
+        check_fits(resolve_model_dir(name), str(parse_device(device)), dtype, window, batch_size)
 
 
 def _print_report(report, out: Path) -> None:
@@ -56,6 +58,9 @@ def run_command(
     store: Optional[Path] = typer.Option(None, "--store", help="Results store (default OUT/results.sqlite); "
                                                                "trials already in it are skipped."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON here."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (sets eval.device)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtype float32, bfloat16 or float16 (sets "
+                                                               "eval.weights_dtype)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="local or ray (default: the config's run.backend)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local cluster)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers (default: the config's run.workers)."),
@@ -71,7 +76,8 @@ def run_command(
     from romer.report import write_report
     from romer.report.tables import to_json
 
-    cfg = load_config(config or "default", [*settings, *(["eval.max_tokens=null"] if full else [])])
+    loading = [*([f"eval.device={device}"] if device else []), *([f"eval.weights_dtype={dtype}"] if dtype else [])]
+    cfg = load_config(config or "default", [*settings, *(["eval.max_tokens=null"] if full else []), *loading])
     backend = backend or cfg.run.backend
     if backend not in ("local", "ray"):
         raise UserError(f"--backend must be local or ray, got {backend!r}")
@@ -80,7 +86,7 @@ def run_command(
     out = out or Path(cfg.run.out or Path("runs") / cfg.name)
     store = store or Path(cfg.run.store or out / "results.sqlite")
     if evaluator is None:
-        _check_models(cfg.models, cfg.eval.window, cfg.eval.batch_size)
+        _check_models(cfg.models, cfg.eval.window, cfg.eval.batch_size, cfg.eval.device, cfg.eval.weights_dtype)
     chips = len(cfg.groups()) // len(cfg.models)
     console().print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
                   f"{len(cfg.methods)} methods), config {cfg.config_hash[:12]}, store {store}", highlight=False)

@@ -144,6 +144,8 @@ class EvalSettings(_Strict):
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto: where the model is loaded, programmed and scored
+    weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights (noise in fp32)
     tasks: list[str] = Field(default_factory=list)  # zero-shot tasks through lm-eval, scored on every method
     task_data: dict[str, str] = Field(default_factory=dict)  # task → local file (arc_easy, piqa, …)
     task_limit: int | None = Field(None, ge=1)  # only the first N items of each task
@@ -153,6 +155,9 @@ class EvalSettings(_Strict):
     @model_validator(mode="after")
     def _known_data(self):
         from romer.data.datasets import dataset_info
+        from romer.devices import parse_device
+
+        parse_device(self.device)  # UserError (a ValueError) for an unknown device or CUDA without a GPU
 
         info = dataset_info(self.dataset)
         if self.split not in info.splits:

@@ -37,6 +37,7 @@ from romer.eval import evaluate_tasks, perplexity
 from romer.eval.perplexity import PerplexityResult
 from romer.experiment import states
 from romer.experiment.stages import StageClock
+from romer.devices import parse_device
 from romer.models.loading import load_model
 from romer.noise.chip import Chip
 from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, record_routing
@@ -102,7 +103,8 @@ class Evaluator:
     def __init__(self, progress: bool = False):
         self.progress = progress
         self.clock = StageClock()
-        self._models: dict[str, tuple[Any, Any]] = {}
+        self._models: dict[tuple, tuple[Any, Any]] = {}
+        self.loading = ("cpu", "float32")  # (device, weights dtype) of the group being scored
         self._cache: dict[tuple, Any] = {}
 
     # --- per model ----------------------------------------------------------------------------------------
@@ -113,11 +115,13 @@ class Evaluator:
         return self._cache[key]
 
     def model(self, name: str):
-        if name not in self._models:
+        """The model on the current group's device and weight dtype (``eval.device``, ``eval.weights_dtype``)."""
+        key = (name, *self.loading)
+        if key not in self._models:
             with self.clock("load"):
-                model, tokenizer = load_model(name)
-                self._models[name] = (model.eval(), tokenizer)
-        return self._models[name]
+                model, tokenizer = load_model(name, device=self.loading[0], dtype=self.loading[1])
+                self._models[key] = (model.eval(), tokenizer)
+        return self._models[key]
 
     def eval_text(self, name: str, spec: dict) -> str:
         _, tokenizer = self.model(name)
@@ -138,7 +142,8 @@ class Evaluator:
     def precision(self, spec: dict):
         """The evaluation's numeric context: autocast to ``spec["dtype"]`` unless that is float32."""
         dtype = AUTOCAST[spec.get("dtype", "float32")]
-        return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+        device_type = parse_device(spec.get("device", "cpu")).type
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
     def clean(self, name: str, spec: dict):
         """(captured clean routing with its PPL, clean routing record) on the evaluation text."""
@@ -172,6 +177,7 @@ class Evaluator:
         "digital_share", "extra_analog_share", "plan", "seconds", "stages", "frequency"}`` per method of
         ``group`` (those in ``method_names`` only, when given), each as soon as it is done."""
         spec = {**DEFAULT_EVAL, **(group.eval or {})}
+        self.loading = (spec.get("device", "cpu"), spec.get("weights_dtype", "float32"))
         wanted = None if method_names is None else set(method_names)
         methods = [m for m in (MethodConfig.model_validate(p) for p in group.methods)
                    if wanted is None or m.name in wanted]
