@@ -100,7 +100,8 @@ def release_free_memory() -> bool:
     """Hand memory that torch has freed but the C allocator still keeps back to the system (glibc
     ``malloc_trim``); False where that is not available. Buffers of up to 32 MiB (one expert matrix in float32,
     a layer's activations) come from glibc's heaps, which keep their freed holes: without a trim after each
-    stage (programming, restore, a forward pass) a real-size model's resident memory creeps up by gigabytes."""
+    stage (programming, restore, a forward pass) resident memory creeps up stage by stage (0.9 GB over the
+    real-size pipeline on 4 OLMoE-1B-7B layers; trimmed, each stage starts again from the model)."""
     global _LIBC
     if _LIBC is None:
         try:
