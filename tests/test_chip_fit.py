@@ -1,8 +1,8 @@
 """Noise presets from chip measurements: sample → fit round trips, lookup tables, malformed files, preset files."""
 
-import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +149,26 @@ def test_malformed_files_one_error_line_exit_2(tmp_path, case):
     assert not (tmp_path / "x.yaml").exists()
 
 
-def test_parquet_needs_pyarrow(tmp_path):
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed")
+def test_parquet_needs_pyarrow(tmp_path, monkeypatch):
+    """Without pyarrow (a None entry in sys.modules makes its import fail), parquet is one clear error."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "reads.parquet"
     path.write_bytes(b"PAR1")
     with pytest.raises(UserError, match="pip install pyarrow"):
         load_measurements(path)
+
+
+def test_parquet_reads_as_the_same_csv(tmp_path):
+    pa_csv = pytest.importorskip("pyarrow.csv")
+    pq = pytest.importorskip("pyarrow.parquet")
+    text = EXAMPLE.read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#")) + "\n"
+    (tmp_path / "body.csv").write_text(body)
+    pq.write_table(pa_csv.read_csv(tmp_path / "body.csv"), tmp_path / "reads.parquet")
+    a = load_measurements(EXAMPLE)  # its '# units: uS' and '# g_max_uS: 25' lines, given as options for parquet
+    b = load_measurements(tmp_path / "reads.parquet", units="uS", g_max_uS=25.0)
+    assert a.g_target.tolist() == b.g_target.tolist() and a.g_read.tolist() == b.g_read.tolist()
 
 
 def test_cli_fit_writes_a_preset_file_that_programs_weights(tmp_path):
