@@ -13,20 +13,31 @@ from romer.errors import UserError
 
 
 def results_table(rows: list[dict], title: str):
-    """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval); preset,
-    t and placement go into the title when they take one value only. Model, preset and method names are never
-    cut: the numeric columns fold instead."""
-    from romer.report.tables import accuracy_keys, cells, header
+    """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval and the
+    zero-shot columns, which :func:`accuracy_table` shows); preset, t and placement go into the title when they
+    take one value only. Model, preset and method names are never cut: the numeric columns fold instead."""
+    from romer.report.tables import HEADER, cells
 
-    columns, accuracy = header(rows), accuracy_keys(rows)
     constant = {i for i in (1, 2, 3) if len({cells(r)[i] for r in rows}) == 1}
-    shown = [i for i in range(len(columns)) if i not in constant and columns[i] != "95 % interval"]
+    shown = [i for i in range(len(HEADER)) if i not in constant and HEADER[i] != "95 % interval"]
     if rows and constant:
-        title += " (" + ", ".join(f"{columns[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
-    keys = [j for j, i in enumerate(shown) if columns[i] in ("model", "preset", "method")]
+        title += " (" + ", ".join(f"{HEADER[i]} {cells(rows[0])[i]}" for i in sorted(constant)) + ")"
+    keys = [j for j, i in enumerate(shown) if HEADER[i] in ("model", "preset", "method")]
     right = [j for j, i in enumerate(shown) if i >= 5]
-    return table(title, [columns[i] for i in shown], [[cells(r, accuracy)[i] for i in shown] for r in rows],
+    return table(title, [HEADER[i] for i in shown], [[cells(r)[i] for i in shown] for r in rows],
                  keys=keys, right=right)
+
+
+def accuracy_table(rows: list[dict]):
+    """Zero-shot accuracy (%) per model and method, mean ± std over chips; None when no row has any."""
+    from romer.report.tables import accuracy_keys, cells
+
+    accuracy = accuracy_keys(rows)
+    if not accuracy:
+        return None
+    n = len(cells(rows[0]))
+    return table("zero-shot accuracy (%), mean ± std over chips", ["model", "method", *accuracy],
+                 [[r["model"], r["method"], *cells(r, accuracy)[n:]] for r in rows], keys=(0, 1))
 
 
 def _check_models(models: list[str], window: int, batch_size: int, device: str = "cpu",
@@ -43,6 +54,9 @@ def _check_models(models: list[str], window: int, batch_size: int, device: str =
 
 def _print_report(report, out: Path) -> None:
     console().print(results_table(report.rows, report.title))
+    accuracy = accuracy_table(report.rows)
+    if accuracy is not None:
+        console().print(accuracy)
     console().print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
                   f"{len(report.plots)} plots in {out / 'plots'})", highlight=False)
 
