@@ -63,6 +63,7 @@ routing-study: $(VENV)/.installed
 
 # README "Main result" and "Ablations": each config resumes from its results store if interrupted.
 main-result: $(VENV)/.installed
+	$(VENV)/bin/romer run accuracy --out results/accuracy
 	$(VENV)/bin/romer run main --out results/main
 	$(PY) scripts/update_readme.py main-result
 
