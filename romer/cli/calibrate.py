@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 import yaml
 
-from romer.cli.common import (DEVICE_HELP, DTYPE_HELP, MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, SET_HELP, T_HELP,
-                              chip_from_options, user_errors)
+from romer.cli.common import (DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION,
+                              SEED_OPTION, SET_OPTION, T_OPTION, chip_from_options, user_errors)
 from romer.cli.output import console, table
 from romer.errors import UserError
 
@@ -66,20 +66,20 @@ def _plan_table(plan, layers):
 
 @user_errors
 def calibrate_command(
-    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    model: str = MODEL_OPTION,
     out: Path = typer.Option(..., "--out", help="New folder for the calibrated model and plan.json."),
     method: str = typer.Option("romer", "--method", help=f"One of {', '.join(METHOD_KINDS)}."),
     options: list[str] = typer.Option([], "--with", help="Method option KEY=VALUE, e.g. replace.variant=split, "
                                                          "recalibrate.percentiles=[10,90]."),
     sequences: Optional[int] = typer.Option(None, help="Calibration windows from the train split (default 64)."),
     preset: str = typer.Option("default", help="Noise preset name, a fitted preset YAML, or default (main chip)."),
-    seed: int = typer.Option(0, help="Chip seed."),
-    t: float = typer.Option(86400.0, "--t", help=T_HELP),
-    placement: str = typer.Option("moe", help=PLACEMENT_HELP),
-    mapping: str = typer.Option("expert", help=MAPPING_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    seed: int = SEED_OPTION,
+    t: float = T_OPTION,
+    placement: str = PLACEMENT_OPTION,
+    mapping: str = MAPPING_OPTION,
+    settings: list[str] = SET_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ):
     """Fit a plan on calibration text run through the chip-programmed model; write the calibrated model folder
     (the chip's read-back weights with the plan applied) and plan.json. Evaluate it with `romer eval --model OUT`."""

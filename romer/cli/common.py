@@ -34,6 +34,22 @@ TASKS_HELP = ("Zero-shot tasks, comma separated: romer_cloze, romer_nextsent (bu
 TASK_DATA_HELP = "Local file of a task, TASK=PATH (e.g. arc_easy=ARC-Easy-Test.jsonl); repeatable."
 
 
+# Options several commands share, declared once (typer reads them as metadata; reusing one is safe).
+MODEL_OPTION = typer.Option(..., "--model", help=MODEL_HELP)
+SEED_OPTION = typer.Option(0, help="Seed of the (first) chip.")
+T_OPTION = typer.Option(86400.0, "--t", help=T_HELP)
+PLACEMENT_OPTION = typer.Option("moe", help=PLACEMENT_HELP)
+MAPPING_OPTION = typer.Option("expert", help=MAPPING_HELP)
+SET_OPTION = typer.Option([], "--set", help=SET_HELP)
+WINDOW_OPTION = typer.Option(512, help="Model input length in tokens, including the BOS token.")
+DATASET_OPTION = typer.Option("bundled", "--dataset", help=DATASET_HELP)
+DATA_PATH_OPTION = typer.Option(None, "--data-path", help=DATA_PATH_HELP)
+DEVICE_OPTION = typer.Option("cpu", "--device", help=DEVICE_HELP)
+DTYPE_OPTION = typer.Option("float32", "--dtype", help=DTYPE_HELP)
+DEVICE_MAP_OPTION = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP)
+ALLOW_PICKLE_OPTION = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP)
+TRUST_REMOTE_CODE_OPTION = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP)
+
 def debug_enabled() -> bool:
     """True with the environment variable ROMER_DEBUG=1, which `romer --debug …` sets for its own process
     (:func:`romer.cli.main.main`): errors show their traceback."""

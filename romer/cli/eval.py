@@ -6,19 +6,20 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import (ALLOW_PICKLE_HELP, DATA_PATH_HELP, DATASET_HELP, DEVICE_HELP, DEVICE_MAP_HELP,
-                              DTYPE_HELP, MAPPING_HELP, MODEL_HELP, PLACEMENT_HELP, PPL_HELP, PRESET_HELP, SET_HELP,
-                              T_HELP, TASK_DATA_HELP, TASKS_HELP, TRUST_REMOTE_CODE_HELP, check_at_least,
-                              check_window, chip_from_options, load_options, user_errors)
+from romer.cli.common import (ALLOW_PICKLE_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION, DEVICE_OPTION,
+                              DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION, PPL_HELP, PRESET_HELP,
+                              SEED_OPTION, SET_OPTION, TASKS_HELP, TASK_DATA_HELP, TRUST_REMOTE_CODE_OPTION, T_OPTION,
+                              WINDOW_OPTION, check_at_least, check_window, chip_from_options, load_options,
+                              user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
 
 @user_errors
 def eval_command(
-    model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    dataset: str = typer.Option("bundled", "--dataset", help=DATASET_HELP),
-    data_path: Optional[str] = typer.Option(None, "--data-path", help=DATA_PATH_HELP),
+    model: str = MODEL_OPTION,
+    dataset: str = DATASET_OPTION,
+    data_path: Optional[str] = DATA_PATH_OPTION,
     split: Optional[str] = typer.Option(None, help="Split of the dataset (default: test; c4: validation)."),
     ppl: str = typer.Option("windows", "--ppl", help=PPL_HELP),
     tasks: Optional[str] = typer.Option(None, "--tasks", help=TASKS_HELP),
@@ -26,20 +27,20 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items of each zero-shot task."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Only the first N characters of the split "
                                                                       "(windows convention)."),
-    window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
+    window: int = WINDOW_OPTION,
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean."),
     chips: int = typer.Option(5, help="Number of simulated chips (seeds SEED … SEED+CHIPS−1)."),
-    seed: int = typer.Option(0, help="Seed of the first chip."),
-    t: float = typer.Option(86400.0, "--t", help=T_HELP),
-    placement: str = typer.Option("moe", help=PLACEMENT_HELP),
-    mapping: str = typer.Option("expert", help=MAPPING_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
+    seed: int = SEED_OPTION,
+    t: float = T_OPTION,
+    placement: str = PLACEMENT_OPTION,
+    mapping: str = MAPPING_OPTION,
+    settings: list[str] = SET_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    device_map: Optional[str] = DEVICE_MAP_OPTION,
+    allow_pickle: bool = ALLOW_PICKLE_OPTION,
+    trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Perplexity (token PPL, word PPL, bits per byte) and zero-shot accuracy, clean or over simulated chips."""
