@@ -266,7 +266,3 @@ def test_disk_full_while_writing_leaves_no_file(tmp_path, monkeypatch):
     result = runner.invoke(app, ["noise", "show", "pcm", "--json", str(out)])
     check_one_line_error(result, "No space left on device", [out])
     assert list(tmp_path.iterdir()) == []
-
-
-def test_there_are_at_least_25_cases():
-    assert len(CASES) - 1 + 3 + 1 >= 25

@@ -10,13 +10,11 @@ import sys
 import textwrap
 
 import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import romer
 from romer.cli.main import app
-from romer.data import load_tokenizer
+from tests.test_cli import folder  # noqa: F401 (the tiny OLMoE checkpoint fixture, shared)
 from tests.test_experiment_runner import SAFETY_S, spawn, wait_for_line
 
 GATED_CALIBRATE = textwrap.dedent("""
@@ -34,21 +32,6 @@ GATED_CALIBRATE = textwrap.dedent("""
     app(sys.argv[1:], prog_name="romer")
 """)
 FILES = {"config.json", "model.safetensors", "tokenizer.json", "plan.json"}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A tiny OLMoE checkpoint with the shipped tokenizer (as in tests/test_cli.py)."""
-    path = tmp_path_factory.mktemp("tiny-olmoe")
-    config = AutoConfig.for_model("olmoe", vocab_size=8192, hidden_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=8,
-                                  num_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
-                                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    load_tokenizer().save_pretrained(path)
-    return path
 
 
 def calibrate_args(folder, out):
