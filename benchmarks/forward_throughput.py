@@ -1,12 +1,14 @@
 """Forward throughput of the zoo models (eval mode, no grad), side by side in one run, on the same windows:
 
-* "HF forward": the plain Hugging Face forward, ``model(input_ids=batch)`` (the reference);
+* "HF forward": the plain Hugging Face forward, ``model(input_ids=batch)``, with transformers' own fastest CPU
+  experts kernel (``grouped_mm``): the reference;
 * "+ recorder": the same forward with romer's routing recorder on every router (counts, mass, streamed logit
   percentiles: what every scored row of ``romer run`` records);
-* "romer eval": what ``romer run`` does for one noisy row: the model programmed on the default chip, perplexity
-  of the same windows (``romer.eval.perplexity``: forward, log-probabilities, NLL sum) under the recorder.
+* "romer eval": what ``romer run`` does for one noisy row: the model programmed on the default chip, romer's
+  sorted experts kernel (``romer.models.sorted_experts``), perplexity of the same windows
+  (``romer.eval.perplexity``: forward, log-probabilities, NLL sum) under the recorder.
 
-Each is measured in fp32 and in the evaluation dtype of ``romer run`` (bf16 autocast). Repetitions are
+Each is measured in ``romer run``'s evaluation dtype (fp32; ``--bf16`` adds bf16 autocast). Repetitions are
 interleaved (the order of the modes rotates every round) and each round's ratio to the HF forward of the same
 round is taken, so background load on a shared machine hits numerator and denominator alike; rounds continue
 until the 95 % interval of every ratio (Student t over the rounds' log ratios) is narrower than ±``--ci`` %, or
@@ -30,12 +32,13 @@ from scipy.stats import t as student_t
 from romer.eval import perplexity, token_windows
 from romer.experiment.evaluate import AUTOCAST, evaluation_text, text_slice
 from romer.models import load_model, zoo_names
+from romer.models.sorted_experts import NAME as SORTED_EXPERTS
 from romer.noise.chip import default_chip, program
 from romer.routing import record_routing
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- forward-throughput:begin -->", "<!-- forward-throughput:end -->"
-EVAL_DTYPE = "bfloat16"
+HF_EXPERTS = "grouped_mm"
 
 
 def _precision(dtype: str):
@@ -43,8 +46,9 @@ def _precision(dtype: str):
     return contextlib.nullcontext() if autocast is None else torch.autocast("cpu", dtype=autocast)
 
 
-def _modes(model, tokenizer, text: str, batch: torch.Tensor, batch_size: int, window: int):
+def _modes(model, tokenizer, text: str, batch: torch.Tensor, batch_size: int, window: int, dtypes: list[str]):
     def forward():
+        model.set_experts_implementation(HF_EXPERTS)
         for start in range(0, len(batch), batch_size):
             model(input_ids=batch[start : start + batch_size])
 
@@ -53,11 +57,12 @@ def _modes(model, tokenizer, text: str, batch: torch.Tensor, batch_size: int, wi
             forward()
 
     def evaluation():
+        model.set_experts_implementation(SORTED_EXPERTS)
         with record_routing(model):
             perplexity(model, tokenizer, text, window=window, batch_size=batch_size)
 
     modes = {}
-    for dtype in ("float32", EVAL_DTYPE):
+    for dtype in dtypes:
         label = "fp32" if dtype == "float32" else "bf16"
         for name, run in (("HF forward", forward), ("+ recorder", recorded), ("romer eval", evaluation)):
             modes[(name, label)] = (dtype, run)
@@ -76,12 +81,12 @@ def interval(log_ratios: list[float]) -> tuple[float, float]:
 
 @torch.no_grad()
 def measure(name: str, windows: int, batch_size: int, window: int, ci: float, min_repeats: int,
-            max_repeats: int) -> dict:
+            max_repeats: int, dtypes: list[str]) -> dict:
     model, tokenizer = load_model(name)
     text = text_slice(tokenizer, evaluation_text("test"), windows * (window - 1))
     ids = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
     batch = torch.stack(token_windows(ids, window, tokenizer.bos_token_id))
-    modes = _modes(model, tokenizer, text, batch, batch_size, window)
+    modes = _modes(model, tokenizer, text, batch, batch_size, window, dtypes)
     seconds: dict[tuple, list[float]] = {mode: [] for mode in modes}
     names = list(modes)
     with program(model, default_chip(0)):  # noise does not change the work; the eval runs on a chip
@@ -96,7 +101,7 @@ def measure(name: str, windows: int, batch_size: int, window: int, ci: float, mi
             if round_ >= min_repeats and all(half < ci / 100 for _, half in _ratios(seconds).values()):
                 break
     tokens = batch.numel()
-    out = {"tok/s": {mode: tokens / statistics.median(s[1:]) for mode, s in seconds.items()},
+    out = {"labels": ["fp32" if d == "float32" else "bf16" for d in dtypes], "tok/s": {mode: tokens / statistics.median(s[1:]) for mode, s in seconds.items()},
            "ratios": _ratios(seconds), "repeats": len(seconds[names[0]]) - 1}
     return out
 
@@ -111,7 +116,7 @@ def table(results: dict[str, dict], args) -> str:
     lines = ["| model | dtype | HF forward (tok/s) | + recorder (tok/s) | romer eval (tok/s) | recorder overhead "
              "(95 % CI) | romer eval / HF forward (95 % CI) | rounds |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        for label in ("fp32", "bf16"):
+        for label in r["labels"]:
             tps = {kind: r["tok/s"][(kind, label)] for kind in ("HF forward", "+ recorder", "romer eval")}
             rec, rec_ci = r["ratios"][("+ recorder", label)]
             ev, ev_ci = r["ratios"][("romer eval", label)]
@@ -137,13 +142,16 @@ def main() -> None:
     parser.add_argument("--ci", type=float, default=2.0, help="stop when every 95 %% interval is within ± this %%")
     parser.add_argument("--min-repeats", type=int, default=5)
     parser.add_argument("--max-repeats", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (romer run: one per worker)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: torch's, as romer run uses)")
+    parser.add_argument("--bf16", action="store_true", help="also measure under bf16 autocast")
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.windows, args.batch_size, args.window, args.ci, args.min_repeats,
-                             args.max_repeats) for name in (args.models or zoo_names())}
+                             args.max_repeats, ["float32", "bfloat16"] if args.bf16 else ["float32"])
+               for name in (args.models or zoo_names())}
     text = table(results, args)
     print(text)
     if args.update_readme:

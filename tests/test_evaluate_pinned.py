@@ -8,6 +8,12 @@ eval.max_tokens=2048 calibration.sequences=4`` (float32), chip seed 1, every row
 down here to full precision. (On e818ad0's own noise streams the shared evaluator reproduced all 66 rows of that
 config on the three zoo models bit for bit.) Whoever changes the noise streams or the zoo weights re-derives them
 the same way, running that old ``evaluate.py`` on the new streams, and says so in the commit.
+
+The pin holds for transformers' ``grouped_mm`` experts, which e818ad0 ran (romer's sorted experts kernel, the
+default since, agrees with it to float rounding and has its own tests, ``test_sorted_experts.py``). Bias
+balancing is pinned to 0.1 % only: its sign-update loop turns last-bit differences of the router logits into
+another bias, and those differ between CPUs' matmul kernels (62.740 where pinned, 62.717 on an AVX-512-FP16
+machine, with either experts kernel).
 """
 
 import pytest
@@ -25,6 +31,7 @@ PINNED = {  # method → PPL on chip seed 1 (e818ad0's evaluator, 5c2fb4f's nois
     "bias balancing": 62.73969640642628,
     "maxnn-12.5%": 59.353690182897815,
 }
+CHAOTIC = {"bias balancing"}  # see the module docstring
 CV_BEFORE = 0.6390118707148077  # the noisy model's mean routing CV on chip seed 1 (same derivation)
 
 
@@ -34,12 +41,16 @@ def rows():
                                      "eval.dtype=float32", "calibration.sequences=4",
                                      f"methods=[{', '.join(list(PINNED) + ['maxnn-12.5% experts', 'maxnn attention'])}]"])
     (group,) = config.groups()
-    return {row["method"]: row for row in Evaluator()(group)}
+    evaluator = Evaluator()
+    model, _ = evaluator.model("olmoe-tiny")
+    model.set_experts_implementation("grouped_mm")
+    evaluator.clock.take()  # that load is not the group's
+    return {row["method"]: row for row in evaluator(group)}
 
 
 def test_every_method_scores_as_before_the_sharing(rows):
     for method, ppl in PINNED.items():
-        assert rows[method]["ppl"] == pytest.approx(ppl, rel=1e-6), method
+        assert rows[method]["ppl"] == pytest.approx(ppl, rel=1e-3 if method in CHAOTIC else 1e-6), method
         assert rows[method]["cv_before"] == pytest.approx(CV_BEFORE, rel=1e-6), method
         assert rows[method]["tokens"] == 2048
 
@@ -80,6 +91,7 @@ def test_shared_states_score_as_each_method_on_its_own(rows):
     (group,) = config.groups()
     chip = Chip.from_dict(group.chip)
     model, tokenizer = load_model("olmoe-tiny")
+    model.set_experts_implementation("grouped_mm")  # as the rows were scored
     text = text_slice(tokenizer, evaluation_text("test"), 2048)
     by_name = {m["name"]: MethodConfig.model_validate(m) for m in group.methods}
     with torch.no_grad():

@@ -43,7 +43,7 @@ from romer.noise.chip import Chip
 from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, record_routing
 from romer.routing.stats import coefficient_of_variation
 
-DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8, "dtype": "bfloat16"}
+DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8, "dtype": "float32"}
 EVAL_ORDER_SEED = 0
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # eval dtype → autocast dtype (weights stay float32)
 

@@ -119,9 +119,12 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
     must be finite. ``check_moe`` (default) refuses a dense model or an MoE layout romer cannot read, before
     anything else runs. ``device_map="auto"`` (accelerate) spreads a model too large for one GPU over the visible
     GPUs and the CPU, layer by layer, instead of moving it to ``device``; programming then draws every tensor's
-    noise on the device that tensor lives on.
+    noise on the device that tensor lives on. Fused experts run ``romer.models.sorted_experts`` (the same
+    numbers as transformers' ``grouped_mm`` to float rounding, faster on the CPU).
     """
     from safetensors import SafetensorError
+
+    from romer.models.sorted_experts import use_sorted_experts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model_dir(name_or_path, allow_pickle=allow_pickle)
@@ -147,6 +150,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
         raise
     model = (model if device_map else model.to(torch_device)).eval()
     check_finite(model, folder)
+    use_sorted_experts(model)
     if check_moe:
         from romer.models.view import moe_layers
 
