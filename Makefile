@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +72,9 @@ ablations: $(VENV)/.installed
 		$(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(VENV)/bin/romer run per-layer --set "models=[olmoe-tiny, qwenmoe-tiny]" --set "methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, recalibrate: {layers: [0]}}]" --out results/per-layer-0
 	$(PY) scripts/update_readme.py ablations
+
+# README "When ROMER helps": the regime configs (each resumes from its store), then the map, plots and README.
+REGIME := regime regime-time regime-channel regime-tensor
+regime-map: $(VENV)/.installed
+	for config in $(REGIME); do $(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
+	$(PY) scripts/regime_map.py --update-readme

@@ -8,6 +8,7 @@ Sections (README markers ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``):
     routing      routing findings, from results/routing/           (`make routing-study`)
     main-result  main result, from results/main/                   (`make main-result`)
     ablations    ablations, from results/<config>/                 (`make ablations`)
+    regime       when ROMER helps, from results/regime-map/        (`make regime-map`)
 
 Every requested section is rendered before README.md is touched, so a section whose inputs are missing writes
 nothing; each section is then rewritten by ``romer.io.replace_between_markers`` (atomic, exactly one marker pair).
@@ -19,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from readme_sections import SectionError, results, routing, sensitivity, zoo
+from readme_sections import SectionError, regime, results, routing, sensitivity, zoo
 from romer.io import replace_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ SECTIONS = {
     "routing": routing.render,
     "main-result": results.render_main,
     "ablations": results.render_ablations,
+    "regime": regime.render,
 }
 
 

@@ -40,6 +40,7 @@ from romer.experiment.stages import StageClock
 from romer.devices import parse_device
 from romer.models.loading import load_model
 from romer.noise.chip import Chip
+from romer.noise.snr import snr_db, snr_ratio
 from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, record_routing
 from romer.routing.stats import coefficient_of_variation
 
@@ -174,7 +175,7 @@ class Evaluator:
 
     def __call__(self, group, method_names: Iterable[str] | None = None) -> Iterator[dict]:
         """Yield ``{"method": name, "ppl", "word_ppl", "bits_per_byte", "tokens", "cv", "cv_before",
-        "digital_share", "extra_analog_share", "plan", "seconds", "stages", "frequency"}`` per method of
+        "digital_share", "extra_analog_share", "plan", "seconds", "stages", "frequency", "snr_db"}`` per method of
         ``group`` (those in ``method_names`` only, when given), each as soon as it is done."""
         spec = {**DEFAULT_EVAL, **(group.eval or {})}
         self.loading = (spec.get("device", "cpu"), spec.get("weights_dtype", "float32"))
@@ -201,6 +202,8 @@ class _GroupRun:
         now = time.perf_counter()
         out = {"method": method.name, **row, "plan": row.get("plan"), "seconds": now - self.started,
                "stages": self.clock.take()}
+        if method.kind != "clean" and self.base is not None:
+            out["snr_db"] = self.snr()
         self.started = now
         return out
 
@@ -259,6 +262,20 @@ class _GroupRun:
         out = {**scored, "digital_share": cost.digital_share, "extra_analog_share": cost.extra_analog_share}
         if first != method.name:
             out["same_as"] = first
+        return out
+
+    def snr(self) -> dict:
+        """The chip's weight SNR per placement group and, where a fit observed the calibration windows on it, the
+        router logits' SNR ‖z_clean‖ / ‖z_chip − z_clean‖ pooled over layers and tokens ("router_logits"), dB."""
+        out = dict(self.base.snr_db)
+        for data, noisy in self.noisy_obs.items():
+            clean = self.ev.clean_observation(self.name, data)
+            if noisy.logits and clean.logits:
+                signal = sum(float(clean.logits[i].double().square().sum()) for i in clean.logits)
+                noise = sum(float((noisy.logits[i].double() - clean.logits[i].double()).square().sum())
+                            for i in clean.logits)
+                out["router_logits"] = snr_db(snr_ratio(signal, noise))
+            break
         return out
 
     def noisy_cv(self) -> float | None:

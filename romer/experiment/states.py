@@ -29,6 +29,7 @@ from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
 from romer.models.view import moe_layers
 from romer.noise.chip import Chip, program
+from romer.noise.snr import summarize_snr, weight_snr
 
 
 def effective_digital(plan: Plan, chip: Chip) -> tuple[dict, bool]:
@@ -69,7 +70,8 @@ def routing(model: nn.Module, plan: Plan) -> Iterator[None]:
 
 class BaseState:
     """The model programmed onto ``chip``, kept as a copy of the programmed weights so that it can be entered
-    again without new draws. ``enter()`` / ``leave()`` switch the model between programmed and clean."""
+    again without new draws. ``enter()`` / ``leave()`` switch the model between programmed and clean.
+    ``snr_db``: the programmed weights' SNR per placement group (``romer.noise.snr``), dB."""
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, chip: Chip):
@@ -77,6 +79,8 @@ class BaseState:
         with program(model, chip) as programmed:
             params = {name: model.get_parameter(name) for name in programmed.names}
             self._programmed = {name: p.detach().clone() for name, p in params.items()}
+            # pooled weight SNR per placement group (router, routed_experts, …), dB: the chip's physical axis
+            self.snr_db = {group: s["overall"]["snr_db"] for group, s in summarize_snr(weight_snr(programmed)).items()}
         self._params = params
         self._clean: dict[str, torch.Tensor] | None = None
 

@@ -1,0 +1,139 @@
+"""The regime map: where along noise, placement, mapping and time a repair helps, from results stores.
+
+A **cell** is one (model, preset, placement, mapping, t) setting of a store; per method it holds the per-chip
+PPLs (paired by chip seed with the cell's noisy and clean rows), its cost (mean ``digital_share`` and
+``extra_analog_share``: the shares of the analog weights kept digital or programmed again as replicas) and, per
+chip, three paired figures:
+
+    reduction % = 100 · (1 − PPL / PPL_noisy)
+    gap recovered % = 100 · (PPL_noisy − PPL) / (PPL_noisy − PPL_clean)
+    routing share % (oracle routing only) = 100 · (PPL_noisy − PPL_oracle) / (PPL_noisy − PPL_clean)
+
+each reported as the mean over chips with a 95 % Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁ · sd / √n). A cell's
+physical position is the chips' mean weight SNR per placement group and router-logit SNR (dB, ``snr_db`` of the
+rows: ``romer.noise.snr``), which, unlike a noise-scale knob, transfers between models.
+
+``headline`` phrases the map the way the paper phrases its own result ("up to": the best cell) next to the
+typical cell (the median over cells) and lists the cells where a method hurts (interval entirely below 0).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from romer.errors import UserError
+from romer.experiment.store import ResultsStore
+from romer.report.aggregate import t_quantile
+
+CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
+SNR_KEYS = ("router", "routed_experts", "router_logits")
+
+
+def interval(values: list[float]) -> dict:
+    """{"mean", "low", "high", "n"}: mean and 95 % Student-t interval of per-chip values (no interval for n < 2)."""
+    values = [v for v in values if math.isfinite(v)]
+    n = len(values)
+    if not n:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    half = t_quantile(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def _by_kind(rows: list[dict], kind: str) -> dict[int, float]:
+    return {r["chip_seed"]: r["ppl"] for r in rows if r["method_kind"] == kind and r["ppl"] is not None}
+
+
+def _cell(key: tuple, rows: list[dict], source: str) -> dict:
+    noisy, clean = _by_kind(rows, "noisy"), _by_kind(rows, "clean")
+    methods: dict[str, dict] = {}
+    for name in dict.fromkeys(r["method"] for r in rows):
+        own = {r["chip_seed"]: r for r in rows if r["method"] == name and r["ppl"] is not None}
+        seeds = sorted(set(own) & set(noisy) & set(clean))
+        ppl = [own[s]["ppl"] for s in seeds]
+        reduction = [100.0 * (1.0 - own[s]["ppl"] / noisy[s]) for s in seeds]
+        gap = [100.0 * (noisy[s] - own[s]["ppl"]) / (noisy[s] - clean[s]) for s in seeds if noisy[s] > clean[s]]
+        cost = {k: statistics.fmean(own[s]["metrics"].get(k) or 0.0 for s in seeds) if seeds else None
+                for k in ("digital_share", "extra_analog_share")}
+        methods[name] = {"kind": own[seeds[0]]["method_kind"] if seeds else None, "seeds": seeds, "ppl": ppl, **cost,
+                         "ppl_mean": statistics.fmean(ppl) if ppl else None,
+                         "reduction_pct": interval(reduction), "gap_recovered_pct": interval(gap)}
+    snr = defaultdict(list)
+    for r in rows:
+        if r["method_kind"] == "noisy":
+            for k, v in (r["metrics"].get("snr_db") or {}).items():
+                snr[k].append(v)
+    cell = dict(zip(CELL_KEYS, key))
+    cell["t"] = cell.pop("t_inference")
+    oracle = next((m for m in methods.values() if m["kind"] == "oracle"), None)
+    return {**cell, "source": source, "methods": methods,
+            "routing_share_pct": oracle["gap_recovered_pct"] if oracle else None,
+            "snr_db": {k: statistics.fmean(v) for k, v in snr.items() if all(math.isfinite(x) for x in v)}}
+
+
+def cells_from_store(path: str | Path) -> list[dict]:
+    """Every cell of every config in one results store (the store's folder name is the cells' ``source``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no results store at {path}")
+    with ResultsStore(path) as store:
+        rows = store.rows()
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in CELL_KEYS)].append(r)
+    return [_cell(key, members, path.parent.name) for key, members in groups.items()]
+
+
+def _mean(cell: dict, method: str, figure: str) -> float | None:
+    m = cell["methods"].get(method)
+    return None if m is None else m[figure]["mean"]
+
+
+def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_pct") -> dict:
+    """The best cell ("up to"), the median over cells (typical) and the cells where ``method`` hurts (the whole
+    interval of ``figure`` below 0), with the number of cells measured."""
+    scored = [(c, _mean(c, method, figure)) for c in cells]
+    scored = [(c, v) for c, v in scored if v is not None]
+    if not scored:
+        return {"cells": 0}
+    best_cell, best = max(scored, key=lambda cv: cv[1])
+    highs = [(c, c["methods"][method][figure]["high"]) for c, _ in scored]
+    hurts = [c for c, high in highs if high is not None and high < 0.0]
+    return {"cells": len(scored), "up_to": best, "up_to_cell": _label(best_cell),
+            "typical": statistics.median(v for _, v in scored), "hurts": [_label(c) for c in hurts]}
+
+
+def _label(cell: dict) -> str:
+    return f"{cell['model']} · {cell['preset']} · {cell['placement']} · {cell['mapping']} · t = {cell['t']:g} s"
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank): Pearson's r of the ranks; NaN below 3 pairs."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x values but {len(y)} y values")
+    if len(x) < 3:
+        return math.nan
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan

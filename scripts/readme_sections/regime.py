@@ -1,0 +1,129 @@
+"""README's "When ROMER helps" (marker ``regime``) from results/regime-map/cells.json (``make regime-map``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from readme_sections import SectionError
+from romer.experiment.regime_map import spearman
+
+MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+PLACEMENTS = ("moe", "experts", "all")
+
+
+def _pct(figure: dict | None) -> str:
+    if not figure or figure.get("mean") is None:
+        return "—"
+    if figure.get("low") is None:
+        return f"{figure['mean']:+.1f}"
+    return f"{figure['mean']:+.1f} [{figure['low']:+.0f}, {figure['high']:+.0f}]"
+
+
+def _method(cell: dict, name: str, figure: str = "reduction_pct") -> dict | None:
+    m = cell["methods"].get(name)
+    return None if m is None else m[figure]
+
+
+def _noisy_ppl(cell: dict) -> str:
+    m = cell["methods"].get("noisy")
+    return "—" if not m or m["ppl_mean"] is None else f"{m['ppl_mean']:.1f}"
+
+
+def _snr(cell: dict, key: str) -> str:
+    value = cell["snr_db"].get(key)
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _grid(cells: list[dict]) -> str:
+    lines = ["| model | preset | " + " | ".join(f"`{p}`: noisy PPL · ROMER % [95 % CI] · routing share %"
+                                                for p in PLACEMENTS) + " | router-logit SNR `moe` (dB) |",
+             "|---|---|" + "---|" * (len(PLACEMENTS) + 1)]
+    by = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] == "regime"}
+    presets = list(dict.fromkeys(c["preset"] for c in cells if c["source"] == "regime"))
+    for model in MODELS:
+        for preset in presets:
+            parts = []
+            for p in PLACEMENTS:
+                c = by.get((model, preset, p))
+                share = None if c is None else c["routing_share_pct"]
+                parts.append("—" if c is None else
+                             f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
+                             f"{'—' if not share or share['mean'] is None else format(share['mean'], '.0f')}")
+            moe = by.get((model, preset, "moe"))
+            lines.append(f"| {model} | {preset} | " + " | ".join(parts) + f" | {_snr(moe, 'router_logits') if moe else '—'} |")
+    return "\n".join(lines)
+
+
+def _axis(cells: list[dict], source: str, key: str, label: str) -> str:
+    """One row per model and value of a numeric ``key`` (e.g. t), one column per preset."""
+    chosen = [c for c in cells if c["source"] == source]
+    if not chosen:
+        return f"_{source}: not run yet (`make regime-map`)._"
+    values = list(dict.fromkeys(c[key] for c in chosen))
+    presets = list(dict.fromkeys(c["preset"] for c in chosen))
+    lines = [f"| model | {label} | " + " | ".join(f"{p}: noisy PPL · ROMER % · recalibration %" for p in presets) + " |",
+             "|---|---|" + "---|" * len(presets)]
+    by = {(c["model"], c[key], c["preset"]): c for c in chosen}
+    for model in MODELS:
+        for value in values:
+            cells_here = [by.get((model, value, p)) for p in presets]
+            cols = ["—" if c is None else f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
+                    f"{_pct(_method(c, 'recalibration'))}" for c in cells_here]
+            lines.append(f"| {model} | {value:g} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def render(root: Path) -> str:
+    path = root / "results" / "regime-map" / "cells.json"
+    if not path.exists():
+        raise SectionError(f"{path} is missing: run `make regime-map`")
+    data = json.loads(path.read_text())
+    cells, head = data["cells"], data["headline"]
+    romer, gap = head["romer"]["reduction_pct"], head["romer"]["gap_recovered_pct"]
+    paired = [(c["snr_db"]["router_logits"], _method(c, "romer")["mean"]) for c in cells
+              if "router_logits" in c["snr_db"] and _method(c, "romer") and _method(c, "romer")["mean"] is not None]
+    rho = spearman([p[0] for p in paired], [p[1] for p in paired])
+    hurts = romer["hurts"]
+    mapping = [c for c in cells if c["source"] in ("regime-channel", "regime-tensor")]
+    mapping += [c for c in cells if c["source"] == "regime" and c["placement"] == "moe"
+                and c["preset"] in {m["preset"] for m in mapping}]
+    return "\n\n".join([
+        f"**ROMER lowers PPL by up to {romer['up_to']:.1f} %** (the best of {romer['cells']} cells: "
+        f"{romer['up_to_cell']}; the paper's \"up to\" is phrased the same way), **typically by "
+        f"{romer['typical']:+.1f} %** (the median cell), and recovers up to {gap['up_to']:.0f} % of the noise "
+        f"gap (median {gap['typical']:+.0f} %). It **hurts** (95 % interval of the reduction below 0) in "
+        f"{len(hurts)} cell{'s' if len(hurts) != 1 else ''}"
+        + (": " + "; ".join(hurts) + "." if hurts else "."),
+        f"Across cells, ROMER's reduction against the chip's router-logit SNR has Spearman ρ = {rho:+.2f} "
+        f"({len(paired)} cells): the lower the SNR, the more there is to repair — until the experts' own noise "
+        "dominates. Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
+        "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-time`, `regime-channel`, "
+        "`regime-tensor` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
+        "every cell with every method is in `results/regime-map/cells.json`.",
+        "![ROMER's reduction per preset and placement](results/regime-map/map.png)\n\n"
+        "![reduction against router-logit SNR](results/regime-map/snr.png)",
+        "Noise scale × placement (`moe`: MoE blocks analog, router included; `experts`: router digital; `all`: "
+        "attention analog too). Routing share = oracle routing's gap recovered: how much of the damage is "
+        "routing.\n\n" + _grid(cells),
+        "Inference time and drift compensation (`regime-time`, PCM ×10, placement `moe`):\n\n"
+        + _axis(cells, "regime-time", "t", "t (s)") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
+        "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
+        + _mapping(mapping),
+    ])
+
+
+def _mapping(cells: list[dict]) -> str:
+    if not cells:
+        return "_not run yet (`make regime-map`)._"
+    presets = list(dict.fromkeys(c["preset"] for c in cells))
+    mappings = list(dict.fromkeys(c["mapping"] for c in cells))
+    by = {(c["model"], c["preset"], c["mapping"]): c for c in cells}
+    lines = ["| model | preset | " + " | ".join(f"`{m}`: noisy PPL · ROMER %" for m in mappings) + " |",
+             "|---|---|" + "---|" * len(mappings)]
+    for model in MODELS:
+        for preset in presets:
+            row = [by.get((model, preset, m)) for m in mappings]
+            lines.append(f"| {model} | {preset} | " + " | ".join(
+                "—" if c is None else f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))}" for c in row) + " |")
+    return "\n".join(lines)
