@@ -74,7 +74,7 @@ ablations: $(VENV)/.installed
 	$(PY) scripts/update_readme.py ablations
 
 # README "When ROMER helps": the regime configs (each resumes from its store), then the map, plots and README.
-REGIME := regime regime-time regime-channel regime-tensor
+REGIME := regime regime-time regime-channel regime-tensor regime-repairs
 regime-map: $(VENV)/.installed
 	for config in $(REGIME); do $(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(PY) scripts/regime_map.py --update-readme

@@ -9,7 +9,9 @@ them: regime, regime-time, regime-channel, regime-tensor), and writes ``results/
   SNRs (``romer.experiment.regime_map``), and the headline figures;
 * ``map.png``: ROMER's PPL reduction per noise preset × placement, one panel per model;
 * ``snr.png``: reduction against the router-logit SNR of the chip (dB), the axis that transfers between models;
-* ``time.png``: reduction against inference time, drift compensation on and off.
+* ``time.png``: reduction against inference time, drift compensation on and off;
+* ``pareto.png``: gap recovered against cost (share of the analog weights kept digital or programmed again) for
+  every repair on the ``moe`` grid, the digital router read off the paired ``experts`` cells.
 
 ``--update-readme`` then rewrites README's ``regime`` section (``scripts/update_readme.py regime``).
 """
@@ -25,13 +27,14 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from romer.experiment.regime_map import cells_from_store, headline
+from romer.experiment.regime_map import cells_from_store, headline, interval
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("regime", "regime-time", "regime-channel", "regime-tensor")
-METHODS = ("romer", "recalibration", "replacement", "oracle routing", "maxnn-12.5%")
+CONFIGS = ("regime", "regime-time", "regime-channel", "regime-tensor", "regime-repairs")
+METHODS = ("romer", "recalibration", "replacement", "oracle routing", "maxnn-12.5%", "least squares")
+REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5%", "oracle routing")
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 PLACEMENTS = ("moe", "experts", "all")
 MARKERS = {"moe": "o", "experts": "s", "all": "^"}
@@ -92,7 +95,7 @@ def snr_plot(cells: list[dict]) -> bytes:
         ax.set_xlabel("router-logit SNR ‖z‖ / ‖z_chip − z‖ (dB), calibration tokens")
         ax.set_ylabel(f"{method}: PPL reduction vs noisy (%)")
         ax.set_title(f"{method}, every cell (95 % intervals over chips)", fontsize=9)
-        if j == 0:
+        if j == 0 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, ncol=1)
     fig.tight_layout()
     return _png(fig)
@@ -115,9 +118,82 @@ def time_plot(cells: list[dict]) -> bytes:
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("t after programming (s)")
         ax.set_title(f"{model}: ROMER PPL reduction %", fontsize=9)
-        if i == 0:
+        if i == 0 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
+    return _png(fig)
+
+
+def router_shares() -> dict[str, float]:
+    """Per zoo model, the router's share of the analog weights of placement ``moe`` (what keeping it digital
+    costs)."""
+    from romer.models import load_model
+    from romer.noise.placement import analog_weights, parse_placement
+
+    out = {}
+    for model in MODELS:
+        lm, _ = load_model(model)
+        weights = analog_weights(lm, parse_placement("moe"), strict=False)
+        out[model] = sum(w.parameter.numel() for w in weights if w.group == "router") / sum(
+            w.parameter.numel() for w in weights)
+    return out
+
+
+def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
+    """Per (model, preset) of the ``moe`` grid: each repair's cost (% of the analog weights kept digital or
+    programmed again) and gap recovered (%), the digital router read off the paired ``experts`` cell (same chips,
+    same expert draws: each tensor's noise is seeded by chip seed and parameter name); methods of the
+    ``regime-repairs`` config join the cell of the same setting (same chips and tokens)."""
+    grid = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] == "regime"}
+    extra = {(c["model"], c["preset"], c["placement"]): c["methods"] for c in cells if c["source"] == "regime-repairs"}
+    points = []
+    for (model, preset, placement), cell in grid.items():
+        if placement != "moe":
+            continue
+        methods = {**extra.get((model, preset, placement), {}), **cell["methods"]}
+        for name in REPAIRS:
+            m = methods.get(name)
+            if m and m["gap_recovered_pct"]["mean"] is not None:
+                cost = 100 * ((m["digital_share"] or 0.0) + (m["extra_analog_share"] or 0.0))
+                points.append({"model": model, "preset": preset, "method": name, "cost_pct": cost,
+                               "gap_recovered_pct": m["gap_recovered_pct"]})
+        digital = grid.get((model, preset, "experts"))
+        if digital and model in shares:
+            noisy, clean = cell["methods"]["noisy"], cell["methods"]["clean"]
+            other = digital["methods"]["noisy"]
+            seeds = sorted(set(noisy["seeds"]) & set(other["seeds"]))
+            gaps = [100 * (n - o) / (n - c) for s in seeds
+                    for n, o, c in [(noisy["ppl"][noisy["seeds"].index(s)], other["ppl"][other["seeds"].index(s)],
+                                     clean["ppl"][clean["seeds"].index(s)])] if n > c]
+            if gaps:
+                points.append({"model": model, "preset": preset, "method": "digital router",
+                               "cost_pct": 100 * shares[model], "gap_recovered_pct": interval(gaps)})
+    return points
+
+
+def pareto_plot(points: list[dict]) -> bytes:
+    fig = Figure(figsize=(4.2 * len(MODELS), 3.8))
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    presets = list(dict.fromkeys(p["preset"] for p in points))
+    for i, model in enumerate(MODELS):
+        ax = fig.add_subplot(1, len(MODELS), i + 1)
+        for p in points:
+            if p["model"] != model:
+                continue
+            g = p["gap_recovered_pct"]
+            err = [[g["mean"] - (g["low"] if g["low"] is not None else g["mean"])],
+                   [(g["high"] if g["high"] is not None else g["mean"]) - g["mean"]]]
+            ax.errorbar([p["cost_pct"] + 0.05], [g["mean"]], yerr=err, fmt="osD^v*"[methods.index(p["method"]) % 6],
+                        color=f"C{presets.index(p['preset'])}", ms=4, capsize=2, lw=0.8)
+        ax.set_xscale("symlog", linthresh=0.5)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("cost: % of analog weights digital or programmed again")
+        ax.set_ylabel("gap recovered (%)")
+        ax.set_title(f"{model}, placement moe", fontsize=9)
+    handles = [ax.plot([], [], "osD^v*"[k % 6], color="0.3", ls="")[0] for k in range(len(methods))]
+    handles += [ax.plot([], [], "s", color=f"C{k}", ls="")[0] for k in range(len(presets))]
+    fig.legend(handles, methods + presets, fontsize=7, loc="lower center", ncol=len(methods) + len(presets))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _png(fig)
 
 
@@ -129,7 +205,7 @@ def build(results: Path) -> dict:
             cells += cells_from_store(store)
     if not cells:
         raise SystemExit(f"no regime store under {results} (run `make regime-map`)")
-    return {"cells": cells,
+    return {"cells": cells, "pareto": pareto_points(cells, router_shares()),
             "headline": {method: {figure: headline(cells, method, figure)
                                   for figure in ("reduction_pct", "gap_recovered_pct")} for method in METHODS}}
 
@@ -146,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      default=str) + "\n")
     for name, plot in (("map.png", map_plot), ("snr.png", snr_plot), ("time.png", time_plot)):
         write_bytes_atomic(out / name, plot(data["cells"]))
+    write_bytes_atomic(out / "pareto.png", pareto_plot(data["pareto"]))
     print(f"{len(data['cells'])} cells → {out}")
     if args.update_readme:
         sys.path.insert(0, str(ROOT / "scripts"))

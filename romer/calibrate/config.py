@@ -61,7 +61,9 @@ class RecalibrateConfig(_Strict):
     """Percentile router-logit recalibration, a digital per-expert affine after the router (ROMER.md step 2).
 
     mode quantile (P1): z' = (z − Qn(50))/(Qn(hi) − Qn(lo))·(Qr(hi) − Qr(lo)) + Qr(50) per expert;
-    shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token.
+    shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token;
+    lstsq: z' = a·z + b per expert, least squares against the clean model's logits on the same calibration
+    tokens (paired, unlike the percentile modes; not after a replacement, whose slots have no clean partner).
     reference "clean": each expert's own clean percentiles; "average": the expert-average of them (forces balance).
     apply_to: the corrected logits choose the experts only, or also give the gate weights.
     sequential (P1, P2): one calibration pass per MoE layer, so that each layer is fitted on the hidden states the
@@ -69,7 +71,7 @@ class RecalibrateConfig(_Strict):
     others keep their router as it is), to measure where the correction helps.
     """
 
-    mode: Literal["quantile", "shift", "token"] = "quantile"
+    mode: Literal["quantile", "shift", "token", "lstsq"] = "quantile"
     percentiles: tuple[float, float] = (1.0, 99.0)
     p: float = Field(95.0, gt=0, le=100)
     reference: Literal["clean", "average"] = "clean"
@@ -125,6 +127,10 @@ class MethodConfig(_Strict):
                 default = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
                            "balance": BalanceConfig}[part]()
                 object.__setattr__(self, part, default)
+        if self.recalibrate is not None and self.recalibrate.mode == "lstsq" and (
+                self.replace is not None or self.recalibrate.sequential):
+            raise ValueError(f"method {self.name!r}: recalibrate mode lstsq pairs the chip's logits with the clean "
+                             "model's, so it cannot follow a replacement (kind romer) or run sequentially")
         return self
 
     @property

@@ -53,6 +53,24 @@ def fit_token(clean_scale: float, config: RecalibrateConfig, fix: RouterFix) -> 
     return fix
 
 
+def fit_lstsq(noisy_logits: torch.Tensor, clean_logits: torch.Tensor, config: RecalibrateConfig,
+              fix: RouterFix) -> RouterFix:
+    """Per expert, z' = a·z + b minimising Σ_t (a·z_n,t + b − z_c,t)² over paired calibration tokens [T, E]:
+    a = cov(z_n, z_c) / var(z_n), b = mean z_c − a·mean z_n (float64). An expert whose noisy logits do not vary
+    keeps a = 1 and is only shifted, b = mean(z_c − z_n)."""
+    if noisy_logits.shape != clean_logits.shape:
+        raise ValueError(f"lstsq needs paired logits: noisy {tuple(noisy_logits.shape)}, clean "
+                         f"{tuple(clean_logits.shape)}")
+    zn, zc = noisy_logits.double(), clean_logits.double()
+    mn, mc = zn.mean(0), zc.mean(0)
+    var = (zn - mn).square().mean(0)
+    cov = ((zn - mn) * (zc - mc)).mean(0)
+    ok = var > 1e-12 * (mn.abs() + 1).square()
+    scale = torch.where(ok, cov / torch.where(ok, var, 1.0), 1.0)
+    fix.scale, fix.offset, fix.apply_to = scale.tolist(), (mc - scale * mn).tolist(), config.apply_to
+    return fix
+
+
 FITTERS = {"quantile": fit_quantile, "shift": fit_shift}
 
 
