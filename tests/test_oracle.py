@@ -177,3 +177,26 @@ def test_modulelist_layout():
     with pytest.raises(OracleRoutingError, match="rows per expert"):
         oracle_perplexity(model, TOK, TEXT, captured)
     model.load_state_dict(clean)
+
+
+def test_oracle_in_some_layers_only(model, captured):
+    """Replaying one layer's clean routing: that layer's experts get the clean top-k, the others the chip's own
+    routing (as without any oracle); an unknown layer is refused."""
+    layers = moe_layers(model)
+    first = layers[0].index
+    with program(model, CHIP):
+        seen, handles = experts_input(model)
+        try:
+            oracle_perplexity(model, TOK, TEXT, captured, layers=(first,))
+        finally:
+            for h in handles:
+                h.remove()
+        with pytest.raises(OracleRoutingError, match="not MoE layers"):
+            oracle_perplexity(model, TOK, TEXT, captured, layers=(99,))
+    for b, batch in enumerate(captured.batches):
+        assert torch.equal(seen[0][b][0], batch[0].indices.to(batch[0].index_dtype))
+    if len(layers) > 1:  # a later layer routes on its own noisy logits: not the clean routing everywhere
+        later = [not torch.equal(seen[1][b][0], batch[1].indices.to(batch[1].index_dtype))
+                 for b, batch in enumerate(captured.batches)]
+        assert any(later)
+    assert not any(l.router._forward_hooks for l in moe_layers(model))

@@ -112,14 +112,20 @@ def capture_routing(model: nn.Module, tokenizer, text: str, window: int = 512, b
 
 
 class _Replayer:
-    """Forward hooks that replace every router's output with the captured one, and check that the experts use it."""
+    """Forward hooks that replace the routers' outputs (of ``only``'s decoder layers; None: every MoE layer) with
+    the captured ones, and check that the experts use them."""
 
-    def __init__(self, model: nn.Module, captured: CapturedRouting):
+    def __init__(self, model: nn.Module, captured: CapturedRouting, only: tuple[int, ...] | None = None):
         self.model, self.captured = model, captured
         self.layers = moe_layers(model)
         if [l.index for l in self.layers] != captured.layer_indices:
             raise OracleRoutingError(f"captured MoE layers {captured.layer_indices} but the model has "
                                      f"{[l.index for l in self.layers]}")
+        unknown = set(only or ()) - {l.index for l in self.layers}
+        if unknown:
+            raise OracleRoutingError(f"oracle layers {sorted(unknown)} are not MoE layers of this model "
+                                     f"(MoE layers: {[l.index for l in self.layers]})")
+        self.slots = [s for s, l in enumerate(self.layers) if only is None or l.index in only]
         self.batch = -1
         self.injected: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
         self.rows: list[torch.Tensor | None] = [None] * len(self.layers)  # modulelist: rows each expert received
@@ -127,7 +133,8 @@ class _Replayer:
 
     def hooks(self) -> list:
         handles = [self.model.register_forward_pre_hook(self.start, with_kwargs=True)]
-        for slot, layer in enumerate(self.layers):
+        for slot in self.slots:
+            layer = self.layers[slot]
             handles.append(layer.router.register_forward_hook(self.replace(slot, layer)))
             if layer.experts.layout == FUSED:
                 handles.append(layer.experts.module.register_forward_pre_hook(self.check_fused(slot, layer),
@@ -215,15 +222,17 @@ class _Replayer:
 
 @torch.no_grad()
 def oracle_perplexity(model: nn.Module, tokenizer, text: str, captured: CapturedRouting, window: int | None = None,
-                      batch_size: int | None = None, progress: bool = False) -> PerplexityResult:
+                      batch_size: int | None = None, progress: bool = False,
+                      layers: tuple[int, ...] | None = None) -> PerplexityResult:
     """Perplexity of ``model`` (e.g. chip-programmed) on ``text`` with every router's weights and indices replaced
-    by the clean ones in ``captured``. ``window`` and ``batch_size`` default to (and must equal) the capture's."""
+    by the clean ones in ``captured`` (``layers``: only those decoder layers' routers; the others route as the
+    model does). ``window`` and ``batch_size`` default to (and must equal) the capture's."""
     window = captured.window if window is None else window
     batch_size = captured.batch_size if batch_size is None else batch_size
     if (window, batch_size) != (captured.window, captured.batch_size):
         raise OracleRoutingError(f"captured with window {captured.window}, batch size {captured.batch_size}; "
                                  f"asked for {window}, {batch_size}")
-    replayer = _Replayer(model, captured)
+    replayer = _Replayer(model, captured, layers)
     handles = []
     try:
         handles = replayer.hooks()
@@ -235,7 +244,7 @@ def oracle_perplexity(model: nn.Module, tokenizer, text: str, captured: Captured
     if replayer.batch + 1 != len(captured.batches):
         raise OracleRoutingError(f"the oracle run had {replayer.batch + 1} batches, the capture "
                                  f"{len(captured.batches)}: not the same text, window or batch size")
-    unchecked = [l.index for l, n in zip(replayer.layers, replayer.checked) if n != len(captured.batches)]
+    unchecked = [replayer.layers[s].index for s in replayer.slots if replayer.checked[s] != len(captured.batches)]
     if unchecked:
         raise OracleRoutingError(f"layers {unchecked}: the experts did not run once per batch with the injected "
                                  "routing; cannot confirm oracle routing")
