@@ -36,6 +36,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/forward_throughput.py --update-readme
 	$(PY) benchmarks/program_speed.py --update-readme
+	$(PY) benchmarks/workers.py
 
 clean-venv:
 	rm -rf $(VENV)

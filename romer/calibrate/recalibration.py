@@ -72,6 +72,7 @@ def fit_lstsq(noisy_logits: torch.Tensor, clean_logits: torch.Tensor, config: Re
 
 
 FITTERS = {"quantile": fit_quantile, "shift": fit_shift}
+FAR = 2.0 ** 100  # beyond any logit plus bias: an entry offset by it drops out of a min (or max) over a row
 
 
 @torch.no_grad()
@@ -81,7 +82,8 @@ def fit_balance_bias(logits: torch.Tensor, top_k: int, config: BalanceConfig, ma
 
     Exactly the loop that takes top-k of every token at every step, done faster: a token's top-k set cannot change
     while the gap between its k-th and (k+1)-th choice exceeds what the bias has moved since (at most
-    max(Δb) − min(Δb) per step, plus float rounding), so only tokens whose gap may have closed are ranked again.
+    max(Δb) − min(Δb) per step, plus float rounding), so only tokens whose gap may have closed are looked at
+    again, and of those only the ones whose gap has closed are ranked again.
     """
     z = logits.float()
     tokens, num_experts = z.shape
@@ -89,6 +91,7 @@ def fit_balance_bias(logits: torch.Tensor, top_k: int, config: BalanceConfig, ma
     selectable[list(masked)] = False
     bias = torch.zeros(num_experts)
     step = config.step * float(z.std())
+    masking = not bool(selectable.all())
     ranked = min(top_k + 1, int(selectable.sum()))  # the (k+1)-th choice bounds how far the k-th is from losing
     chosen = torch.zeros(tokens, num_experts, dtype=torch.bool)
     slack = torch.full((tokens,), -math.inf)  # a lower bound of each token's current gap; ≤ 0: rank it again
@@ -98,7 +101,19 @@ def fit_balance_bias(logits: torch.Tensor, top_k: int, config: BalanceConfig, ma
     for _ in range(config.iterations):
         rows = torch.nonzero(slack <= rounding).squeeze(1)
         if rows.numel():
-            choice = (z[rows] + bias).masked_fill(~selectable, -math.inf)
+            # the exact gap of each candidate's current set (weakest chosen − strongest other): where it is still
+            # open the set stands and the gap becomes its new slack; only the others are ranked again
+            choice = z[rows] + bias
+            held = chosen[rows]
+            apart = held.to(z.dtype) * FAR  # adds exactly 0 to the side a reduction keeps, ±FAR to the other
+            weakest = (choice + (FAR - apart)).amin(1)
+            if masking:
+                choice.masked_fill_(~selectable, -math.inf)
+            gap = weakest - (choice - apart).amax(1)
+            stands = (gap > rounding) & (held.sum(1) == top_k)
+            slack[rows[stands]] = gap[stands]
+            rows, choice = rows[~stands], choice[~stands]
+        if rows.numel():
             top = torch.topk(choice, ranked, dim=-1)
             fresh = torch.zeros(rows.numel(), num_experts, dtype=torch.bool)
             fresh.scatter_(1, top.indices[:, :top_k], True)
