@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "router-noise")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = [row for name in args.models for row in measure_model(name, args.scales, args.chips, args.max_tokens)]
     r = pearson([row["predicted_gain"] for row in rows], [row["measured_gain"] for row in rows])
     r_damage = pearson([row["damage"] for row in rows], [row["measured_gain"] for row in rows])

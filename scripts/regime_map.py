@@ -27,7 +27,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from romer.experiment.regime_map import cells_from_store, headline, interval
+from romer.experiment.regime_map import (MIN_DAMAGE_PCT, cells_from_store, damage_pct, headline, interval,
+                                        regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -38,6 +39,7 @@ REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 PLACEMENTS = ("moe", "experts", "all")
 MARKERS = {"moe": "o", "experts": "s", "all": "^"}
+MARKS = "osD^v*PX"  # one per repair in the Pareto plot
 
 
 def _png(fig: Figure) -> bytes:
@@ -53,7 +55,7 @@ def _reduction(cell: dict, method: str = "romer") -> dict | None:
 
 def map_plot(cells: list[dict]) -> bytes:
     grid = [c for c in cells if c["source"] == "regime"]
-    presets = list(dict.fromkeys(c["preset"] for c in grid))
+    presets = regime_presets()
     fig = Figure(figsize=(4.2 * len(MODELS), 0.55 * len(presets) + 1.6))
     for i, model in enumerate(MODELS):
         ax = fig.add_subplot(1, len(MODELS), i + 1)
@@ -140,7 +142,7 @@ def router_shares() -> dict[str, float]:
 
 
 def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
-    """Per (model, preset) of the ``moe`` grid: each repair's cost (% of the analog weights kept digital or
+    """Per (model, preset) of the ``moe`` grid where the chip raises PPL by ≥ MIN_DAMAGE_PCT: each repair's cost (% of the analog weights kept digital or
     programmed again) and gap recovered (%), the digital router read off the paired ``experts`` cell (same chips,
     same expert draws: each tensor's noise is seeded by chip seed and parameter name); methods of the
     ``regime-repairs`` config join the cell of the same setting (same chips and tokens)."""
@@ -148,7 +150,7 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
     extra = {(c["model"], c["preset"], c["placement"]): c["methods"] for c in cells if c["source"] == "regime-repairs"}
     points = []
     for (model, preset, placement), cell in grid.items():
-        if placement != "moe":
+        if placement != "moe" or (damage_pct(cell) or 0.0) < MIN_DAMAGE_PCT:
             continue
         methods = {**extra.get((model, preset, placement), {}), **cell["methods"]}
         for name in REPAIRS:
@@ -183,17 +185,18 @@ def pareto_plot(points: list[dict]) -> bytes:
             g = p["gap_recovered_pct"]
             err = [[g["mean"] - (g["low"] if g["low"] is not None else g["mean"])],
                    [(g["high"] if g["high"] is not None else g["mean"]) - g["mean"]]]
-            ax.errorbar([p["cost_pct"] + 0.05], [g["mean"]], yerr=err, fmt="osD^v*"[methods.index(p["method"]) % 6],
+            ax.errorbar([p["cost_pct"] + 0.05], [g["mean"]], yerr=err, fmt=MARKS[methods.index(p["method"]) % len(MARKS)],
                         color=f"C{presets.index(p['preset'])}", ms=4, capsize=2, lw=0.8)
         ax.set_xscale("symlog", linthresh=0.5)
+        ax.set_ylim(-40, 100)
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("cost: % of analog weights digital or programmed again")
         ax.set_ylabel("gap recovered (%)")
         ax.set_title(f"{model}, placement moe", fontsize=9)
-    handles = [ax.plot([], [], "osD^v*"[k % 6], color="0.3", ls="")[0] for k in range(len(methods))]
+    handles = [ax.plot([], [], MARKS[k % len(MARKS)], color="0.3", ls="")[0] for k in range(len(methods))]
     handles += [ax.plot([], [], "s", color=f"C{k}", ls="")[0] for k in range(len(presets))]
-    fig.legend(handles, methods + presets, fontsize=7, loc="lower center", ncol=len(methods) + len(presets))
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, methods + presets, fontsize=7, loc="lower center", ncol=(len(methods) + len(presets) + 1) // 2)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return _png(fig)
 
 
@@ -206,8 +209,9 @@ def build(results: Path) -> dict:
     if not cells:
         raise SystemExit(f"no regime store under {results} (run `make regime-map`)")
     return {"cells": cells, "pareto": pareto_points(cells, router_shares()),
-            "headline": {method: {figure: headline(cells, method, figure)
-                                  for figure in ("reduction_pct", "gap_recovered_pct")} for method in METHODS}}
+            "headline": {method: {"reduction_pct": headline(cells, method, "reduction_pct"),
+                                  "gap_recovered_pct": headline(cells, method, "gap_recovered_pct", MIN_DAMAGE_PCT)}
+                         for method in METHODS}}
 
 
 def main(argv: list[str] | None = None) -> int:

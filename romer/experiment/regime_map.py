@@ -29,6 +29,7 @@ from romer.experiment.store import ResultsStore
 from romer.report.aggregate import t_quantile
 
 CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
+MIN_DAMAGE_PCT = 5.0  # gap-recovered figures are read only where the chip raised PPL by at least this, % of clean
 SNR_KEYS = ("router", "routed_experts", "router_logits")
 
 
@@ -94,9 +95,21 @@ def _mean(cell: dict, method: str, figure: str) -> float | None:
     return None if m is None else m[figure]["mean"]
 
 
-def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_pct") -> dict:
+def damage_pct(cell: dict) -> float | None:
+    """How much the chip raised PPL in this cell, % of clean: 100 · (PPL_noisy / PPL_clean − 1) (chip means)."""
+    noisy, clean = cell["methods"].get("noisy"), cell["methods"].get("clean")
+    if not noisy or not clean or not noisy["ppl_mean"] or not clean["ppl_mean"]:
+        return None
+    return 100.0 * (noisy["ppl_mean"] / clean["ppl_mean"] - 1.0)
+
+
+def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_pct",
+             min_damage_pct: float | None = None) -> dict:
     """The best cell ("up to"), the median over cells (typical) and the cells where ``method`` hurts (the whole
-    interval of ``figure`` below 0), with the number of cells measured."""
+    interval of ``figure`` below 0), with the number of cells measured; with ``min_damage_pct``, only cells where
+    the chip raised PPL by at least that many % count (a gap-recovered share of a near-zero gap is noise)."""
+    if min_damage_pct is not None:
+        cells = [c for c in cells if (damage_pct(c) or 0.0) >= min_damage_pct]
     scored = [(c, _mean(c, method, figure)) for c in cells]
     scored = [(c, v) for c, v in scored if v is not None]
     if not scored:
@@ -109,7 +122,13 @@ def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_
 
 
 def _label(cell: dict) -> str:
-    return f"{cell['model']} · {cell['preset']} · {cell['placement']} · {cell['mapping']} · t = {cell['t']:g} s"
+    """model · preset · placement, and the mapping and t where they are not the default chip's."""
+    parts = [cell["model"], cell["preset"], cell["placement"]]
+    if cell["mapping"] != "expert":
+        parts.append(f"{cell['mapping']} mapping")
+    if cell["t"] != 86400:
+        parts.append(f"t = {cell['t']:g} s")
+    return " · ".join(parts)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -137,3 +156,10 @@ def spearman(x: list[float], y: list[float]) -> float:
     sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def regime_presets(config: str = "regime") -> list[str]:
+    """The preset labels of a bundled regime config, in its order (tables and plots follow it)."""
+    from romer.experiment.config_file import load_config
+
+    return [spec.name for spec in load_config(config).chip.presets]

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.experiment.regime_map import spearman
+from romer.experiment.regime_map import MIN_DAMAGE_PCT, damage_pct, regime_presets, spearman
 
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 PLACEMENTS = ("moe", "experts", "all")
+WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}
 
 
 def _pct(figure: dict | None) -> str:
@@ -40,13 +41,13 @@ def _grid(cells: list[dict]) -> str:
                                                 for p in PLACEMENTS) + " | router-logit SNR `moe` (dB) |",
              "|---|---|" + "---|" * (len(PLACEMENTS) + 1)]
     by = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] == "regime"}
-    presets = list(dict.fromkeys(c["preset"] for c in cells if c["source"] == "regime"))
+    presets = regime_presets()
     for model in MODELS:
         for preset in presets:
             parts = []
             for p in PLACEMENTS:
                 c = by.get((model, preset, p))
-                share = None if c is None else c["routing_share_pct"]
+                share = None if c is None or (damage_pct(c) or 0.0) < MIN_DAMAGE_PCT else c["routing_share_pct"]
                 parts.append("—" if c is None else
                              f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
                              f"{'—' if not share or share['mean'] is None else format(share['mean'], '.0f')}")
@@ -70,7 +71,7 @@ def _axis(cells: list[dict], source: str, key: str, label: str) -> str:
             cells_here = [by.get((model, value, p)) for p in presets]
             cols = ["—" if c is None else f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
                     f"{_pct(_method(c, 'recalibration'))}" for c in cells_here]
-            lines.append(f"| {model} | {value:g} | " + " | ".join(cols) + " |")
+            lines.append(f"| {model} | {WHEN.get(value, f'{value:g} s')} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -92,22 +93,22 @@ def render(root: Path) -> str:
         f"**ROMER lowers PPL by up to {romer['up_to']:.1f} %** (the best of {romer['cells']} cells: "
         f"{romer['up_to_cell']}; the paper's \"up to\" is phrased the same way), **typically by "
         f"{romer['typical']:+.1f} %** (the median cell), and recovers up to {gap['up_to']:.0f} % of the noise "
-        f"gap (median {gap['typical']:+.0f} %). It **hurts** (95 % interval of the reduction below 0) in "
+        f"gap (median {gap['typical']:+.0f} % over the {gap['cells']} cells where the chip raises PPL by ≥ "
+        f"{MIN_DAMAGE_PCT:g} %). It **hurts** (95 % interval of the reduction below 0) in "
         f"{len(hurts)} cell{'s' if len(hurts) != 1 else ''}"
         + (": " + "; ".join(hurts) + "." if hurts else "."),
         f"Across cells, ROMER's reduction against the chip's router-logit SNR has Spearman ρ = {rho:+.2f} "
-        f"({len(paired)} cells): the lower the SNR, the more there is to repair — until the experts' own noise "
-        "dominates. Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
+        f"({len(paired)} cells; negative: lower SNR, larger reduction). Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
         "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-time`, `regime-channel`, "
-        "`regime-tensor` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
+        "`regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
         "every cell with every method is in `results/regime-map/cells.json`.",
         "![ROMER's reduction per preset and placement](results/regime-map/map.png)\n\n"
         "![reduction against router-logit SNR](results/regime-map/snr.png)",
         "Noise scale × placement (`moe`: MoE blocks analog, router included; `experts`: router digital; `all`: "
         "attention analog too). Routing share = oracle routing's gap recovered: how much of the damage is "
-        "routing.\n\n" + _grid(cells),
+        f"routing (shown where the chip raises PPL by ≥ {MIN_DAMAGE_PCT:g} %).\n\n" + _grid(cells),
         "Inference time and drift compensation (`regime-time`, PCM ×10, placement `moe`):\n\n"
-        + _axis(cells, "regime-time", "t", "t (s)") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
+        + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
         "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
         + _mapping(mapping),
     ])
