@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from romer.models.sorted_experts import use_sorted_experts
-
 import romer
 from romer.calibrate import Calibrator, apply
 from romer.calibrate.config import CalibrationData, MethodConfig
@@ -17,6 +15,7 @@ from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import RouterFix
 from romer.data import load_tokenizer
 from romer.errors import UserError
+from romer.models.sorted_experts import use_sorted_experts
 from romer.models.view import UnsupportedModelError, moe_layers
 from romer.noise.chip import Chip
 from tests.tiny_models import VOCAB, tiny
