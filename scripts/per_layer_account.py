@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import math
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from romer.calibrate.routing_rule import RouterFix
 from romer.eval import perplexity
 from romer.experiment import states
 from romer.experiment.evaluate import evaluation_text, text_slice
+from romer.experiment.regime_map import pearson
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
 from romer.noise.chip import Chip, default_chip, program
@@ -45,13 +45,6 @@ from romer.routing.router_noise import record_logit_noise, record_router_inputs,
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 WINDOW, BATCH = 512, 8
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
 
 
 def only_layer(plan, index: int):

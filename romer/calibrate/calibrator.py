@@ -134,10 +134,7 @@ class Calibrator:
             for layer in layers:
                 recal.fit_token(clean.token_scale(layer.index, config.p), config, fixes[layer.index])
             return
-        if config.mode == "lstsq":  # paired with the clean logits of the same tokens: the plain chip only
-            if plan.replacement or config.sequential:
-                raise UserError("recalibrate.mode lstsq pairs the chip's router logits with the clean model's on "
-                                "the same tokens: it cannot follow a replacement or run sequentially")
+        if config.mode == "lstsq":  # paired clean logits; MethodConfig refuses it after a replacement or sequential
             for layer in layers:
                 recal.fit_lstsq(noisy.logits[layer.index], clean.logits[layer.index], config, fixes[layer.index])
             return

@@ -197,13 +197,16 @@ class _GroupRun:
         self.scores: dict[str, tuple[str, dict]] = {}  # plan key → (first method, scored)
         self.base: states.BaseState | None = None
         self.noisy_obs: dict[CalibrationData, Observation] = {}  # the scored chip's, by calibration data
+        self._snr: dict | None = None  # the chip's SNRs (``snr()``), once per group
 
     def row(self, method: MethodConfig, row: dict) -> dict:
         now = time.perf_counter()
         out = {"method": method.name, **row, "plan": row.get("plan"), "seconds": now - self.started,
                "stages": self.clock.take()}
         if method.kind != "clean" and self.base is not None:
-            out["snr_db"] = self.snr()
+            if self._snr is None:  # every fit observes the chip before the first row: the same for every row
+                self._snr = self.snr()
+            out["snr_db"] = self._snr
         self.started = now
         return out
 
@@ -268,14 +271,13 @@ class _GroupRun:
         """The chip's weight SNR per placement group and, where a fit observed the calibration windows on it, the
         router logits' SNR ‖z_clean‖ / ‖z_chip − z_clean‖ pooled over layers and tokens ("router_logits"), dB."""
         out = dict(self.base.snr_db)
-        for data, noisy in self.noisy_obs.items():
-            clean = self.ev.clean_observation(self.name, data)
-            if noisy.logits and clean.logits:
-                signal = sum(float(clean.logits[i].double().square().sum()) for i in clean.logits)
-                noise = sum(float((noisy.logits[i].double() - clean.logits[i].double()).square().sum())
-                            for i in clean.logits)
-                out["router_logits"] = snr_db(snr_ratio(signal, noise))
-            break
+        data, noisy = next(iter(self.noisy_obs.items()), (None, None))
+        clean = None if data is None else self.ev.clean_observation(self.name, data)
+        if noisy is not None and noisy.logits and clean.logits:
+            signal = sum(float(clean.logits[i].double().square().sum()) for i in clean.logits)
+            noise = sum(float((noisy.logits[i].double() - clean.logits[i].double()).square().sum())
+                        for i in clean.logits)
+            out["router_logits"] = snr_db(snr_ratio(signal, noise))
         return out
 
     def noisy_cv(self) -> float | None:
