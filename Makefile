@@ -65,6 +65,7 @@ routing-study: $(VENV)/.installed
 # README "Main result" and "Ablations": each config resumes from its results store if interrupted.
 main-result: $(VENV)/.installed
 	$(VENV)/bin/romer run accuracy --out results/accuracy
+	$(VENV)/bin/romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 	$(VENV)/bin/romer run main --out results/main
 	$(PY) scripts/update_readme.py main-result
 
@@ -75,7 +76,7 @@ ablations: $(VENV)/.installed
 	$(PY) scripts/update_readme.py ablations
 
 # README "When ROMER helps": the regime configs (each resumes from its store), then the map, plots and README.
-REGIME := regime regime-time regime-channel regime-tensor regime-repairs
+REGIME := regime regime-deep regime-time regime-channel regime-tensor regime-repairs
 regime-map: $(VENV)/.installed
 	for config in $(REGIME); do $(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(PY) scripts/regime_map.py --update-readme

@@ -3,7 +3,9 @@
     python scripts/regime_map.py [--results results] [--update-readme]
 
 Reads ``results/<config>/results.sqlite`` for every regime config that has been run (``make regime-map`` runs
-them: regime, regime-time, regime-channel, regime-tensor), and writes ``results/regime-map/``:
+them: regime, regime-deep, regime-time, regime-channel, regime-tensor, regime-repairs); the cells of a config
+whose store is absent (stores are not committed) are kept from the existing ``cells.json``, which holds every
+cell's per-chip PPLs. It writes ``results/regime-map/``:
 
 * ``cells.json``: every cell's per-method per-chip PPLs, reduction / gap-recovered intervals, routing share and
   SNRs (``romer.experiment.regime_map``), and the headline figures;
@@ -27,19 +29,19 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from romer.experiment.regime_map import (MIN_DAMAGE_PCT, cells_from_store, damage_pct, headline, interval,
-                                        regime_presets)
+from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
+                                        headline, interval, merge_cells, regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("regime", "regime-time", "regime-channel", "regime-tensor", "regime-repairs")
+CONFIGS = ("regime", "regime-deep", "regime-time", "regime-channel", "regime-tensor", "regime-repairs")
 METHODS = ("romer", "recalibration", "replacement", "oracle routing", "maxnn-12.5%", "least squares")
-REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5%", "oracle routing")
-MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5%", "oracle routing",
+           "2 router copies", "4 router copies")
 PLACEMENTS = ("moe", "experts", "all")
 MARKERS = {"moe": "o", "experts": "s", "all": "^"}
-MARKS = "osD^v*PX"  # one per repair in the Pareto plot
+MARKS = "osD^v*PXhd<>"  # one per repair in the Pareto plot
 
 
 def _png(fig: Figure) -> bytes:
@@ -53,12 +55,18 @@ def _reduction(cell: dict, method: str = "romer") -> dict | None:
     return None if m is None else m["reduction_pct"]
 
 
+def _present(cells: list[dict]) -> list[str]:
+    """The map's models that have cells among ``cells``, in MODELS order."""
+    return [m for m in MODELS if any(c["model"] == m for c in cells)]
+
+
 def map_plot(cells: list[dict]) -> bytes:
-    grid = [c for c in cells if c["source"] == "regime"]
+    grid = [c for c in cells if c["source"] in GRID_SOURCES]
     presets = regime_presets()
-    fig = Figure(figsize=(4.2 * len(MODELS), 0.55 * len(presets) + 1.6))
-    for i, model in enumerate(MODELS):
-        ax = fig.add_subplot(1, len(MODELS), i + 1)
+    models = _present(grid)
+    fig = Figure(figsize=(4.2 * len(models), 0.55 * len(presets) + 1.6))
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1)
         values = [[None] * len(PLACEMENTS) for _ in presets]
         for c in grid:
             if c["model"] == model and c["placement"] in PLACEMENTS and _reduction(c):
@@ -105,9 +113,10 @@ def snr_plot(cells: list[dict]) -> bytes:
 
 def time_plot(cells: list[dict]) -> bytes:
     timed = [c for c in cells if c["source"] == "regime-time"]
-    fig = Figure(figsize=(11, 3.6))
-    for i, model in enumerate(MODELS):
-        ax = fig.add_subplot(1, len(MODELS), i + 1)
+    models = _present(timed)
+    fig = Figure(figsize=(3.7 * len(models), 3.6))
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1)
         for k, preset in enumerate(dict.fromkeys(c["preset"] for c in timed)):
             points = sorted((c["t"], _reduction(c)) for c in timed if c["model"] == model and c["preset"] == preset
                             and _reduction(c) and _reduction(c)["mean"] is not None)
@@ -126,14 +135,14 @@ def time_plot(cells: list[dict]) -> bytes:
     return _png(fig)
 
 
-def router_shares() -> dict[str, float]:
+def router_shares(models: list[str]) -> dict[str, float]:
     """Per zoo model, the router's share of the analog weights of placement ``moe`` (what keeping it digital
     costs)."""
     from romer.models import load_model
     from romer.noise.placement import analog_weights, parse_placement
 
     out = {}
-    for model in MODELS:
+    for model in models:
         lm, _ = load_model(model)
         weights = analog_weights(lm, parse_placement("moe"), strict=False)
         out[model] = sum(w.parameter.numel() for w in weights if w.group == "router") / sum(
@@ -146,7 +155,7 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
     programmed again) and gap recovered (%), the digital router read off the paired ``experts`` cell (same chips,
     same expert draws: each tensor's noise is seeded by chip seed and parameter name); methods of the
     ``regime-repairs`` config join the cell of the same setting (same chips and tokens)."""
-    grid = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] == "regime"}
+    grid = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] in GRID_SOURCES}
     extra = {(c["model"], c["preset"], c["placement"]): c["methods"] for c in cells if c["source"] == "regime-repairs"}
     points = []
     for (model, preset, placement), cell in grid.items():
@@ -174,11 +183,12 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
 
 
 def pareto_plot(points: list[dict]) -> bytes:
-    fig = Figure(figsize=(4.2 * len(MODELS), 3.8))
+    models = _present(points)
+    fig = Figure(figsize=(4.2 * len(models), 3.8))
     methods = list(dict.fromkeys(p["method"] for p in points))
     presets = list(dict.fromkeys(p["preset"] for p in points))
-    for i, model in enumerate(MODELS):
-        ax = fig.add_subplot(1, len(MODELS), i + 1)
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1)
         for p in points:
             if p["model"] != model:
                 continue
@@ -204,11 +214,14 @@ def build(results: Path) -> dict:
     cells = []
     for config in CONFIGS:
         store = results / config / "results.sqlite"
-        if store.is_file():
+        if store.is_file() and store.stat().st_size:
             cells += cells_from_store(store)
+    committed = results / "regime-map" / "cells.json"
+    if committed.is_file():
+        cells = merge_cells(cells, json.loads(committed.read_text())["cells"])
     if not cells:
         raise SystemExit(f"no regime store under {results} (run `make regime-map`)")
-    return {"cells": cells, "pareto": pareto_points(cells, router_shares()),
+    return {"cells": cells, "pareto": pareto_points(cells, router_shares(_present(cells))),
             "headline": {method: {"reduction_pct": headline(cells, method, "reduction_pct"),
                                   "gap_recovered_pct": headline(cells, method, "gap_recovered_pct", MIN_DAMAGE_PCT)}
                          for method in METHODS}}

@@ -78,3 +78,13 @@ def test_spearman_by_hand():
     # ties: y ranks 1.5 1.5 3 → Pearson of (1,2,3) and (1.5,1.5,3) = 0.866…
     assert spearman([1, 2, 3], [5, 5, 9]) == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(spearman([1, 2], [3, 4]))
+
+
+def test_cells_measured_again_replace_the_kept_ones_and_the_rest_are_kept(cells):
+    from romer.experiment.regime_map import merge_cells
+
+    kept = [dict(cells["pcm×10"], methods={}), dict(cells["pcm×50"], source="regime-time")]
+    merged = merge_cells([cells["pcm×10"]], kept)
+    assert merged[0] is cells["pcm×10"]  # the measured cell, not the kept copy of the same (source, setting)
+    assert [c["source"] for c in merged] == [cells["pcm×10"]["source"], "regime-time"]
+    assert len(merged) == 2

@@ -1,5 +1,6 @@
-"""Apply a Plan: copy replica weights, program the model onto the chip, average replica pairs, keep the plan's
-digital parts noise-free, and install the routing corrections. ``Applied.restore()`` undoes all of it."""
+"""Apply a Plan: copy replica weights, program the model onto the chip, average replica pairs and router copies,
+keep the plan's digital parts noise-free, and install the routing corrections. ``Applied.restore()`` undoes all
+of it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from romer.calibrate import replacement as rep
 from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
 from romer.models.view import moe_layers
-from romer.noise.chip import Chip, program, store_for
+from romer.noise.chip import Chip, Programmed, program, program_copy, store_for
 from romer.noise.placement import NAMED_PLACEMENTS, analog_weights
 
 
@@ -31,18 +32,39 @@ def _attention_weights(model: nn.Module, chip: Chip) -> list[torch.Tensor]:
     return [w.parameter for w in analog_weights(model, frozenset({"attention"}), strict=False)]
 
 
+def _analog(model: nn.Module, chip: Chip):
+    return analog_weights(model, chip.placement, strict=chip.placement_name() not in NAMED_PLACEMENTS)
+
+
 def plan_cost(model: nn.Module, chip: Chip, plan: Plan) -> Cost:
     layers = {layer.index: layer for layer in moe_layers(model)}
-    analog = sum(w.parameter.numel() for w in analog_weights(model, chip.placement,
-                                                              strict=chip.placement_name() not in NAMED_PLACEMENTS))
+    weights = _analog(model, chip)
+    analog = sum(w.parameter.numel() for w in weights)
     per_expert = {i: sum(t.numel() for t in rep.expert_views(layer.experts, 0)) for i, layer in layers.items()}
     digital = 0
     if "routed_experts" in chip.placement:
         digital += sum(per_expert[i] * len(experts) for i, experts in plan.digital_experts.items())
     if plan.digital_attention:
         digital += sum(p.numel() for p in _attention_weights(model, chip))
-    extra = sum(per_expert[r.layer] * len(r.pairs) for r in plan.replacement if r.variant in ("replica", "split"))
-    return Cost(digital / analog, extra / analog if "routed_experts" in chip.placement else 0.0)
+    extra = (sum(per_expert[r.layer] * len(r.pairs) for r in plan.replacement if r.variant in ("replica", "split"))
+             if "routed_experts" in chip.placement else 0)
+    extra += (plan.router_copies - 1) * sum(w.parameter.numel() for w in weights if w.group == "router")
+    return Cost(digital / analog, extra / analog)
+
+
+@torch.no_grad()
+def average_router_copies(model: nn.Module, programmed: Programmed, copies: int) -> None:
+    """Each analog router of the programmed model ← the mean of ``copies`` arrays holding its clean weights: the
+    one programmed into the model and copies − 1 more, each with its own draws (``program_copy``)."""
+    chip = programmed.chip
+    for w in _analog(model, chip):
+        if w.group != "router":
+            continue
+        clean = programmed.clean(w.name).to(w.parameter.device)
+        total = w.parameter.detach().float()
+        for copy in range(1, copies):
+            total += program_copy(clean, chip, w.name, copy).float()
+        w.parameter.detach().copy_(total.div_(copies).to(w.parameter.dtype))
 
 
 UNDO_MEMORY_LIMIT = 64 << 20  # saved weights in RAM up to 64 MiB, else a temp file (a 7B plan saves ~0.8 GB)
@@ -115,6 +137,8 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
                           for v in rep.expert_views(layers[i].experts, e)]
                          + ([p.detach() for p in _attention_weights(model, chip)] if plan.digital_attention else []))
             programmed = program(model, chip)  # clean copies in RAM when small, else a temp file
+            if plan.router_copies > 1:
+                average_router_copies(model, programmed, plan.router_copies)
             for r in plan.replacement:
                 if r.variant == "replica":
                     for cold, hot in r.pairs:

@@ -80,11 +80,14 @@ class Calibrator:
     def fit(self, model: nn.Module, windows: torch.Tensor, chip: Chip, clean: Observation | None = None,
             noisy: Observation | None = None, replaced: Observation | None = None) -> Plan:
         m = self.method
+        fit_chip = self.fit_chip(chip)
+        plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
+        if m.copies is not None:  # hardware only: nothing is observed (``windows`` may be None)
+            plan.router_copies = m.copies.count
+            return plan
         batch = m.calibration.batch_size
         clean = clean or observe(model, windows, batch, keep_logits=True)
-        fit_chip = self.fit_chip(chip)
         layers = moe_layers(model)
-        plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
         fixes = {layer.index: RouterFix(layer.index) for layer in layers}
         noisy = noisy or observe_chip(model, fit_chip, windows, batch)
         stats = {"calibration_tokens": noisy.record.tokens, "cv_clean": clean.cv(), "cv_noisy": noisy.cv()}

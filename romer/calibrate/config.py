@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-KINDS = ("clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance")
+KINDS = ("clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance", "copies")
 VARIANTS = ("replica", "split", "redirect", "prune-duplicate")
 
 
@@ -103,29 +103,38 @@ class BalanceConfig(_Strict):
     step: float = Field(0.01, gt=0)
 
 
+class CopiesConfig(_Strict):
+    """K independently programmed arrays of every analog router, their conductances averaged: each router
+    weight's noise variance falls to σ²/K (independent draws), at (K − 1) × the routers' weights of extra analog
+    arrays. No calibration text."""
+
+    count: int = Field(2, ge=2, le=64)
+
+
 class MethodConfig(_Strict):
     """One method of a results table. ``fit_seed_offset`` ≠ 0 fits the plan on another chip (seed + offset)
     than the one it is scored on: chip transfer."""
 
     name: str = Field(min_length=1)
-    kind: Literal["clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance"]
+    kind: Literal["clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance", "copies"]
     replace: ReplaceConfig | None = None
     recalibrate: RecalibrateConfig | None = None
     maxnn: MaxNNConfig | None = None
     balance: BalanceConfig | None = None
+    copies: CopiesConfig | None = None
     calibration: CalibrationData = CalibrationData()
     fit_seed_offset: int = 0
 
     @model_validator(mode="after")
     def _fill(self) -> "MethodConfig":
         wants = {"replace": self.kind in ("replace", "romer"), "recalibrate": self.kind in ("recalibrate", "romer"),
-                 "maxnn": self.kind == "maxnn", "balance": self.kind == "balance"}
+                 "maxnn": self.kind == "maxnn", "balance": self.kind == "balance", "copies": self.kind == "copies"}
         for part, wanted in wants.items():
             if getattr(self, part) is not None and not wanted:
                 raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no '{part}' options")
             if wanted and getattr(self, part) is None:
                 default = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
-                           "balance": BalanceConfig}[part]()
+                           "balance": BalanceConfig, "copies": CopiesConfig}[part]()
                 object.__setattr__(self, part, default)
         if self.recalibrate is not None and self.recalibrate.mode == "lstsq" and (
                 self.replace is not None or self.recalibrate.sequential):
@@ -135,7 +144,13 @@ class MethodConfig(_Strict):
 
     @property
     def needs_fit(self) -> bool:
-        return self.kind in ("replace", "recalibrate", "romer", "maxnn", "balance")
+        """Whether the method has a plan to make (every kind but clean, noisy and oracle)."""
+        return self.kind in ("replace", "recalibrate", "romer", "maxnn", "balance", "copies")
+
+    @property
+    def observes(self) -> bool:
+        """Whether making its plan runs calibration text through the model (router copies need none)."""
+        return self.needs_fit and self.kind != "copies"
 
 
 def method(name: str, kind: str, **options) -> MethodConfig:

@@ -51,6 +51,7 @@ class Plan:
     router: list[RouterFix] = field(default_factory=list)
     digital_experts: dict[int, list[int]] = field(default_factory=dict)  # layer → experts kept digital
     digital_attention: bool = False
+    router_copies: int = 1  # analog arrays per router, averaged (1: the router as programmed)
     stats: dict = field(default_factory=dict)
 
     @classmethod
@@ -63,7 +64,8 @@ class Plan:
                 "replacement": [r.to_dict() for r in self.replacement],
                 "router": [f.to_dict() for f in self.router if not f.is_identity],
                 "digital_experts": {str(k): v for k, v in sorted(self.digital_experts.items())},
-                "digital_attention": self.digital_attention, "stats": self.stats}
+                "digital_attention": self.digital_attention,
+                **({"router_copies": self.router_copies} if self.router_copies != 1 else {}), "stats": self.stats}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
@@ -75,7 +77,8 @@ class Plan:
                                     for r in data["replacement"]],
                        router=[RouterFix.from_dict(f) for f in data["router"]],
                        digital_experts={int(k): list(v) for k, v in data["digital_experts"].items()},
-                       digital_attention=bool(data["digital_attention"]), stats=data.get("stats", {}))
+                       digital_attention=bool(data["digital_attention"]),
+                       router_copies=int(data.get("router_copies", 1)), stats=data.get("stats", {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"malformed plan: {type(exc).__name__}: {exc}") from None
 

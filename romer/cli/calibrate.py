@@ -13,7 +13,7 @@ from romer.cli.common import (DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MODEL
 from romer.cli.output import console, table
 from romer.errors import UserError
 
-METHOD_KINDS = ("romer", "replace", "recalibrate", "maxnn", "balance", "noisy")
+METHOD_KINDS = ("romer", "replace", "recalibrate", "maxnn", "balance", "copies", "noisy")
 
 
 def method_from_options(kind: str, options: list[str], sequences: int | None):
@@ -99,9 +99,10 @@ def calibrate_command(
     lm, tokenizer = load_model(model, dtype=weights_dtype, device=target)
     calibrator = Calibrator(config)
     out_console = console()
-    if config.needs_fit:
+    if config.observes:
         out_console.print(f"fitting {config.name} on {config.calibration.sequences} calibration windows")
-    plan = calibrator.fit(lm, calibrator.windows(tokenizer), chip) if config.needs_fit else None
+    windows = calibrator.windows(tokenizer) if config.observes else None
+    plan = calibrator.fit(lm, windows, chip) if config.needs_fit else None
     if plan is None:
         from romer.calibrate import Plan
 

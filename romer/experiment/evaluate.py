@@ -10,6 +10,7 @@ digital (MaxNN: those experts' matrices are swapped in and out); the noisy obser
 is taken on it and shared by every method fitted on this chip. Each distinct replacement (replica copies need
 their own draws) is programmed once and shared by the methods that use it: ``replacement`` and ROMER's
 replacement part are the same state, and ROMER's router correction is fitted on the observation taken there.
+Router copies (kind ``copies``) are programmed the same way, once per copy count.
 
 Plans that are the same on this placement (``states.plan_key``: e.g. ``maxnn-12.5% experts`` and
 ``maxnn-12.5%`` when attention is not analog, ``maxnn attention`` and ``noisy``) are scored once; the later row
@@ -240,6 +241,8 @@ class _GroupRun:
         return self.noisy_obs[data]
 
     def fit(self, method: MethodConfig, replaced: Observation | None = None) -> Plan:
+        if not method.observes:
+            return Calibrator(method).fit(self.model, None, self.chip)
         data = method.calibration
         clean = self.ev.clean_observation(self.name, data)
         noisy = self.noisy_observation(method)
@@ -284,8 +287,8 @@ class _GroupRun:
         return self.scores[states.plan_key(Plan.none(self.chip), self.chip)][1].get("cv")
 
     def runs_on_base(self, plan: Plan) -> bool:
-        """Whether the plan runs on the base state: no replica copies, no analog attention kept digital."""
-        return states.replica_key(plan) == "[]" and not states.effective_digital(plan, self.chip)[1]
+        """Whether the plan runs on the base state: no replica or router copies, no analog attention kept digital."""
+        return not states.needs_own_programming(plan, self.chip) and not states.effective_digital(plan, self.chip)[1]
 
     def run(self, methods: list[MethodConfig]) -> Iterator[dict]:
         if any(m.kind in ("clean", "oracle") for m in methods):
@@ -324,8 +327,8 @@ class _GroupRun:
         return {**_scored(result, record), "digital_share": 0.0, "extra_analog_share": 0.0}
 
     def replica_rows(self, methods, fitted: dict[str, Plan], parts: dict[str, Plan]) -> Iterator[tuple]:
-        """(method, plan, scored) for every method on a replica state (or keeping analog attention digital),
-        one weight state at a time, each programmed once."""
+        """(method, plan, scored) for every method on its own programmed state (replicas, router copies, or analog
+        attention kept digital), one weight state at a time, each programmed once."""
         plans = {m.name: fitted.get(m.name, parts.get(m.name)) for m in methods
                  if m.name in parts or (m.name in fitted and not self.runs_on_base(fitted[m.name]))}
         for key in dict.fromkeys(states.weights_key(p, self.chip) for p in plans.values()):

@@ -29,6 +29,8 @@ from romer.experiment.store import ResultsStore
 from romer.report.aggregate import t_quantile
 
 CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
+MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")  # the map's models, in table order
+GRID_SOURCES = ("regime", "regime-deep")  # configs whose cells form the noise scale × placement grid
 MIN_DAMAGE_PCT = 5.0  # gap-recovered figures are read only where the chip raised PPL by at least this, % of clean
 SNR_KEYS = ("router", "routed_experts", "router_logits")
 
@@ -75,6 +77,18 @@ def _cell(key: tuple, rows: list[dict], source: str) -> dict:
     return {**cell, "source": source, "methods": methods,
             "routing_share_pct": oracle["gap_recovered_pct"] if oracle else None,
             "snr_db": {k: statistics.fmean(v) for k, v in snr.items() if all(math.isfinite(x) for x in v)}}
+
+
+def cell_id(cell: dict) -> tuple:
+    """What names a cell across runs: its source config and setting."""
+    return (cell["source"], cell["model"], cell["preset"], cell["placement"], cell["mapping"], cell["t"])
+
+
+def merge_cells(measured: list[dict], kept: list[dict]) -> list[dict]:
+    """``measured`` cells (from stores on disk) and, after them, every ``kept`` cell (e.g. the committed
+    cells.json, whose per-chip PPLs are the record of a run whose store is gone) that no measured cell replaces."""
+    seen = {cell_id(c) for c in measured}
+    return measured + [c for c in kept if cell_id(c) not in seen]
 
 
 def cells_from_store(path: str | Path) -> list[dict]:

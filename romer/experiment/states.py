@@ -38,17 +38,24 @@ def effective_digital(plan: Plan, chip: Chip) -> tuple[dict, bool]:
     return experts, bool(plan.digital_attention and "attention" in chip.placement)
 
 
+def _router_copies(plan: Plan, chip: Chip) -> int:
+    return plan.router_copies if "router" in chip.placement else 1
+
+
 def weights_key(plan: Plan, chip: Chip) -> str:
-    """The weight state ``plan`` runs on: its copying replacements and effective digital parts (canonical JSON)."""
+    """The weight state ``plan`` runs on: its copying replacements, router copies (where the router is analog)
+    and effective digital parts (canonical JSON)."""
     experts, attention = effective_digital(plan, chip)
     copies = [r.to_dict() for r in plan.replacement if r.variant in rep.COPYING_VARIANTS]
-    return json.dumps({"copies": copies, "digital_experts": experts, "digital_attention": attention},
-                      sort_keys=True)
+    routers = _router_copies(plan, chip)
+    return json.dumps({"copies": copies, "digital_experts": experts, "digital_attention": attention,
+                       **({"router_copies": routers} if routers != 1 else {})}, sort_keys=True)
 
 
-def replica_key(plan: Plan) -> str:
-    """The programmed state a plan needs beyond the base chip: its copying replacements ("[]" for none)."""
-    return json.dumps([r.to_dict() for r in plan.replacement if r.variant in rep.COPYING_VARIANTS], sort_keys=True)
+def needs_own_programming(plan: Plan, chip: Chip) -> bool:
+    """Whether the plan needs draws beyond the base chip's: copying replacements (the cold slots programmed
+    holding the hot experts' weights) or router copies."""
+    return any(r.variant in rep.COPYING_VARIANTS for r in plan.replacement) or _router_copies(plan, chip) != 1
 
 
 def plan_key(plan: Plan, chip: Chip) -> str:
@@ -124,6 +131,7 @@ class BaseState:
 
 
 def replica_weights(model: nn.Module, chip: Chip, plan: Plan) -> Applied:
-    """The model programmed with the plan's replicas and digital parts, without its routing hooks (a new
-    programming: the cold slots draw their own noise holding the hot experts' weights); ``restore()`` ends it."""
+    """The model programmed with the plan's replicas, router copies and digital parts, without its routing hooks
+    (a new programming: the cold slots draw their own noise holding the hot experts' weights, the router copies
+    theirs); ``restore()`` ends it."""
     return apply(model, chip, replace(plan, router=[]))

@@ -246,6 +246,26 @@ class Programmed:
         self.restore()
 
 
+def _program_in_place(param: torch.Tensor, chip: Chip, key: str) -> int:
+    """Program ``param`` in place on ``chip`` with the draws of generator ``key``; returns the draws taken."""
+    generator = tensor_generator(chip.seed, key, param.device)
+    with NormalStream(generator, bound=chip.preset.draw_bound(param)) as stream:
+        chip.preset.program(param, group=chip.mapping, t_inference=chip.t_inference, generator=stream, out=param)
+    return stream.drawn
+
+
+@torch.no_grad()
+def program_copy(clean: torch.Tensor, chip: Chip, name: str, copy: int) -> torch.Tensor:
+    """Another array of ``chip`` holding parameter ``name``'s clean weights ``clean``, as a new tensor: copy
+    ``copy`` ≥ 1 draws its own noise (generator seeded from chip seed, name and copy number), independent of the
+    array ``program`` writes into the model (copy 0) and of every other copy."""
+    if copy < 1:
+        raise ValueError(f"copy numbers start at 1 (0 is the array in the model), got {copy}")
+    out = clean.detach().clone()
+    _program_in_place(out, chip, f"{name}#copy{copy}")
+    return out
+
+
 @torch.no_grad()
 def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programmed:
     """Perturb the chip's analog weights of ``model`` in place; return the handle that restores them.
@@ -276,11 +296,7 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
                 param = w.parameter.detach()
                 store.put(w.name, param)
                 params[w.name] = w.parameter
-                generator = tensor_generator(chip.seed, w.name, param.device)
-                with NormalStream(generator, bound=chip.preset.draw_bound(param)) as stream:
-                    chip.preset.program(param, group=chip.mapping, t_inference=chip.t_inference,
-                                        generator=stream, out=param)
-                draws += stream.drawn
+                draws += _program_in_place(param, chip, w.name)
     except BaseException:
         for name, param in params.items():
             store.restore_into(name, param)

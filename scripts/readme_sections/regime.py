@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.experiment.regime_map import MIN_DAMAGE_PCT, damage_pct, regime_presets, spearman
-
-MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+from romer.experiment.regime_map import GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, regime_presets, spearman
 PLACEMENTS = ("moe", "experts", "all")
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}
 
@@ -40,10 +38,12 @@ def _grid(cells: list[dict]) -> str:
     lines = ["| model | preset | " + " | ".join(f"`{p}`: noisy PPL · ROMER % [95 % CI] · routing share %"
                                                 for p in PLACEMENTS) + " | router-logit SNR `moe` (dB) |",
              "|---|---|" + "---|" * (len(PLACEMENTS) + 1)]
-    by = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] == "regime"}
+    by = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] in GRID_SOURCES}
     presets = regime_presets()
     for model in MODELS:
         for preset in presets:
+            if not any((model, preset, p) in by for p in PLACEMENTS):
+                continue
             parts = []
             for p in PLACEMENTS:
                 c = by.get((model, preset, p))

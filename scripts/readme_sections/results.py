@@ -1,12 +1,15 @@
 """README's "Main result" and "Ablations" tables (markers ``main-result`` and ``ablations``) from the reports
-`romer run` wrote (results/<config>/results.json); a config not run yet renders as a one-line placeholder."""
+`romer run` wrote (results/<config>/results.json); a config not run yet renders as a one-line placeholder. The
+deep reference model's rows of the default chip come from ``results/accuracy-deep`` (the accuracy config run
+for olmoe-deep alone) and join the accuracy config's as one more column."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
+MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")
+DEEP_OUT = "accuracy-deep"  # romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 
 
 def table(rows: list[dict], cell, placement: str | None = None) -> str:
@@ -24,9 +27,11 @@ def table(rows: list[dict], cell, placement: str | None = None) -> str:
 def main_cell(r: dict) -> str:
     if r["kind"] == "clean":
         return f"{r['ppl_mean']:.2f} (CV {r['cv_mean']:.2f})"
+    throughput = r.get("throughput_mean")
     return (f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} · {r['reduction_pct']:+.1f} % · gap {r['gap_recovered_pct']:.0f} %"
-            f" · CV {r['cv_before_mean']:.2f}→{r['cv_mean']:.2f}" + (f" · dig. {100 * r['digital_share']:.1f} %"
-                                                                     if r["digital_share"] else ""))
+            f" · CV {r['cv_before_mean']:.2f}→{r['cv_mean']:.2f}"
+            + ("" if throughput is None else f" · thr. {throughput:.2f}×")
+            + (f" · dig. {100 * r['digital_share']:.1f} %" if r["digital_share"] else ""))
 
 
 def accuracy_cell(r: dict) -> str:
@@ -45,11 +50,12 @@ def short_cell(r: dict) -> str:
     return f"{r['ppl_mean']:.2f} ({r['reduction_pct']:+.1f} %{gap})"
 
 
-def section(root: Path, config: str, placement: str | None, cell, intro: str) -> str:
+def section(root: Path, config: str, placement: str | None, cell, intro: str, also: tuple[str, ...] = ()) -> str:
+    """One table of ``config``'s rows, with the rows of the ``also`` output folders (same config, other models)."""
     path = root / "results" / config / "results.json"
     if not path.exists():
         return f"_{config}: not run yet (`romer run {config} --out results/{config}`)._"
-    data = json.loads(path.read_text())["rows"]
+    data = json.loads(path.read_text())["rows"] + [r for out in also for r in _rows(root, out)]
     tokens = {r["tokens"] for r in data}
     chips = {r["chips"] for r in data}
     return (f"{intro} — {'/'.join(map(str, sorted(tokens)))} tokens, {'/'.join(map(str, sorted(chips)))} chips "
@@ -62,9 +68,12 @@ def render_main(root: Path) -> str:
     parts = []
     moe_config = "accuracy" if _rows(root, "accuracy") else "main"
     for p, config in (("moe", moe_config), ("all", "main")):
-        parts.append(section(root, config, p, main_cell,
-                             f"**`romer run {config} --out results/{config}`**, test split, placement `{p}`"))
-        rows = [r for r in _rows(root, config) if r["placement"] == p]
+        also = (DEEP_OUT,) if config == "accuracy" else ()
+        command = f"**`romer run {config} --out results/{config}`**" + (
+            f" (olmoe-deep: `romer run accuracy --set \"models=[olmoe-deep]\" --out results/{DEEP_OUT}`)"
+            if also and _rows(root, DEEP_OUT) else "")
+        parts.append(section(root, config, p, main_cell, f"{command}, test split, placement `{p}`", also))
+        rows = [r for r in _rows(root, config) + [r for out in also for r in _rows(root, out)] if r["placement"] == p]
         if any(r.get("accuracy") for r in rows):
             parts.append(f"Zero-shot accuracy (%), placement `{p}`, mean ± std over the chips: `romer_cloze` acc / "
                          "`romer_nextsent` acc_norm, on the first items of each task (`eval.task_limit` of the "
