@@ -35,7 +35,7 @@ from romer.calibrate.routing_rule import RouterFix
 from romer.eval import perplexity
 from romer.experiment import states
 from romer.experiment.evaluate import evaluation_text, text_slice
-from romer.experiment.regime_map import pearson
+from romer.experiment.regime_map import MODELS, pearson
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
 from romer.noise.chip import Chip, default_chip, program
@@ -43,7 +43,6 @@ from romer.routing import capture_routing, oracle_perplexity
 from romer.routing.router_noise import record_logit_noise, record_router_inputs, router_noise_report
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 WINDOW, BATCH = 512, 8
 
 
@@ -97,7 +96,7 @@ def plot(rows: list[dict], r: float) -> bytes:
     fig = Figure(figsize=(6.2, 5))
     ax = fig.add_subplot(1, 1, 1)
     scales = sorted({row["scale"] for row in rows})
-    for k, name in enumerate(MODELS):
+    for k, name in enumerate(dict.fromkeys(row["model"] for row in rows)):
         for j, scale in enumerate(scales):
             pts = [row for row in rows if row["model"] == name and row["scale"] == scale]
             ax.scatter([100 * p["predicted_gain"] for p in pts], [100 * p["measured_gain"] for p in pts], s=14,
