@@ -219,6 +219,8 @@ def build(results: Path) -> dict:
     committed = results / "regime-map" / "cells.json"
     if committed.is_file():
         cells = merge_cells(cells, json.loads(committed.read_text())["cells"])
+    order = {config: i for i, config in enumerate(CONFIGS)}
+    cells.sort(key=lambda c: order.get(c["source"], len(order)))  # stable: a config's cells keep their order
     if not cells:
         raise SystemExit(f"no regime store under {results} (run `make regime-map`)")
     return {"cells": cells, "pareto": pareto_points(cells, router_shares(_present(cells))),

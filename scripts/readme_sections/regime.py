@@ -34,6 +34,11 @@ def _snr(cell: dict, key: str) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _present(cells: list[dict]) -> list[str]:
+    """The map's models that have cells among ``cells``, in MODELS order."""
+    return [m for m in MODELS if any(c["model"] == m for c in cells)]
+
+
 def _grid(cells: list[dict]) -> str:
     lines = ["| model | preset | " + " | ".join(f"`{p}`: noisy PPL · ROMER % [95 % CI] · routing share %"
                                                 for p in PLACEMENTS) + " | router-logit SNR `moe` (dB) |",
@@ -66,7 +71,7 @@ def _axis(cells: list[dict], source: str, key: str, label: str) -> str:
     lines = [f"| model | {label} | " + " | ".join(f"{p}: noisy PPL · ROMER % · recalibration %" for p in presets) + " |",
              "|---|---|" + "---|" * len(presets)]
     by = {(c["model"], c[key], c["preset"]): c for c in chosen}
-    for model in MODELS:
+    for model in _present(chosen):
         for value in values:
             cells_here = [by.get((model, value, p)) for p in presets]
             cols = ["—" if c is None else f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
@@ -99,13 +104,13 @@ def render(root: Path) -> str:
         + (": " + "; ".join(hurts) + "." if hurts else "."),
         f"Across cells, ROMER's reduction against the chip's router-logit SNR has Spearman ρ = {rho:+.2f} "
         f"({len(paired)} cells; negative: lower SNR, larger reduction). Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
-        "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-time`, `regime-channel`, "
-        "`regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
+        "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-deep`, `regime-time`, "
+        "`regime-channel`, `regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
         "every cell with every method is in `results/regime-map/cells.json`.",
         "![ROMER's reduction per preset and placement](results/regime-map/map.png)\n\n"
         "![reduction against router-logit SNR](results/regime-map/snr.png)",
         "Noise scale × placement (`moe`: MoE blocks analog, router included; `experts`: router digital; `all`: "
-        "attention analog too). Routing share = oracle routing's gap recovered: how much of the damage is "
+        "attention analog too; olmoe-deep on `regime-deep`'s PCM subset). Routing share = oracle routing's gap recovered: how much of the damage is "
         f"routing (shown where the chip raises PPL by ≥ {MIN_DAMAGE_PCT:g} %).\n\n" + _grid(cells),
         "Inference time and drift compensation (`regime-time`, PCM ×10, placement `moe`):\n\n"
         + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
@@ -122,7 +127,7 @@ def _mapping(cells: list[dict]) -> str:
     by = {(c["model"], c["preset"], c["mapping"]): c for c in cells}
     lines = ["| model | preset | " + " | ".join(f"`{m}`: noisy PPL · ROMER %" for m in mappings) + " |",
              "|---|---|" + "---|" * len(mappings)]
-    for model in MODELS:
+    for model in _present([c for c in cells if c["mapping"] != "expert"]):
         for preset in presets:
             row = [by.get((model, preset, m)) for m in mappings]
             lines.append(f"| {model} | {preset} | " + " | ".join(
