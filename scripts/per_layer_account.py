@@ -1,6 +1,7 @@
 """Does the router-noise account predict where P1 helps? Per MoE layer, predicted against measured PPL gain.
 
     python scripts/per_layer_account.py [--chips 3] [--scales 10 25] [--max-tokens 8192] [--out results/router-noise]
+    python scripts/per_layer_account.py --replot     # figures and plot again from per-layer.json, no measuring
 
 For each zoo model, PCM scale (placement ``moe``, t = 1 day) and chip, on the first ``--max-tokens`` validation
 tokens (P1 fitted on 32 train windows of 512 tokens: disjoint text), per MoE layer l:
@@ -11,8 +12,10 @@ tokens (P1 fitted on 32 train windows of 512 tokens: disjoint text), per MoE lay
   logits on the same tokens, ``romer.routing.router_noise``), and the router's own share of it;
 * predicted gain D_l · A_l against the measured gain G_l = ln PPL_noisy − ln PPL_P1(l), P1 in layer l only.
 
-Writes ``per-layer.json`` (every layer, chip and scale) and ``per-layer.png`` (measured against predicted, with
-Pearson's r over all points), and prints r. README ("When ROMER helps") and docs/router-noise.md quote it.
+Writes ``per-layer.json`` (every layer, chip and scale, and the agreement figures: Pearson's r and Spearman's ρ of
+measured against predicted and against damage alone, over all points and without the single largest prediction)
+and ``per-layer.png`` (measured against predicted: all points, and zoomed on the bulk), and prints them. README
+("When ROMER helps") and docs/router-noise.md quote it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from romer.calibrate.routing_rule import RouterFix
 from romer.eval import perplexity
 from romer.experiment import states
 from romer.experiment.evaluate import evaluation_text, text_slice
-from romer.experiment.regime_map import MODELS, pearson
+from romer.experiment.regime_map import MODELS, pearson, spearman
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
 from romer.noise.chip import Chip, default_chip, program
@@ -92,21 +95,45 @@ def measure_model(name: str, scales: list[float], chips: int, max_tokens: int) -
     return rows
 
 
-def plot(rows: list[dict], r: float) -> bytes:
-    fig = Figure(figsize=(6.2, 5))
-    ax = fig.add_subplot(1, 1, 1)
+def agreement(rows: list[dict]) -> dict:
+    """Pearson r and Spearman ρ of the measured gain against the prediction and against the damage alone, over all
+    rows and without the row of the largest prediction (Pearson's r leans on extreme points)."""
+    top = max(rows, key=lambda row: row["predicted_gain"])
+    out = {}
+    for label, chosen in (("all", rows), ("without_largest", [row for row in rows if row is not top])):
+        measured = [row["measured_gain"] for row in chosen]
+        out[label] = {"points": len(chosen), **{
+            f"{stat.__name__}_{key}": stat([row[key] for row in chosen], measured)
+            for stat in (pearson, spearman) for key in ("predicted_gain", "damage")}}
+    out["largest"] = {k: top[k] for k in ("model", "scale", "chip", "layer", "predicted_gain", "measured_gain")}
+    return out
+
+
+def plot(rows: list[dict], figures: dict) -> bytes:
+    fig = Figure(figsize=(11, 4.8))
     scales = sorted({row["scale"] for row in rows})
-    for k, name in enumerate(dict.fromkeys(row["model"] for row in rows)):
-        for j, scale in enumerate(scales):
-            pts = [row for row in rows if row["model"] == name and row["scale"] == scale]
-            ax.scatter([100 * p["predicted_gain"] for p in pts], [100 * p["measured_gain"] for p in pts], s=14,
-                       color=f"C{k}", marker="os^D"[j % 4], label=f"{name} ×{scale:g}")
-    lim = [min(0, *(100 * row["measured_gain"] for row in rows)), max(100 * row["damage"] for row in rows)]
-    ax.plot(lim, lim, color="0.6", lw=0.8)
-    ax.set_xlabel("predicted: routing damage of layer l × recoverable (affine) share  (% of ln PPL)")
-    ax.set_ylabel("measured: P1 in layer l only  (% of ln PPL)")
-    ax.set_title(f"per layer, chip and scale: Pearson r = {r:.2f} ({len(rows)} points)", fontsize=9)
-    ax.legend(fontsize=7)
+    rest = figures["without_largest"]
+    for panel, (title, zoom) in enumerate(((f"all {len(rows)} points: Pearson r = "
+                                            f"{figures['all']['pearson_predicted_gain']:.2f}", False),
+                                           (f"without the largest: r = {rest['pearson_predicted_gain']:.2f}, "
+                                            f"Spearman ρ = {rest['spearman_predicted_gain']:.2f}", True))):
+        ax = fig.add_subplot(1, 2, panel + 1)
+        for k, name in enumerate(dict.fromkeys(row["model"] for row in rows)):
+            for j, scale in enumerate(scales):
+                pts = [row for row in rows if row["model"] == name and row["scale"] == scale]
+                ax.scatter([100 * p["predicted_gain"] for p in pts], [100 * p["measured_gain"] for p in pts], s=14,
+                           color=f"C{k}", marker="os^D"[j % 4], label=f"{name} ×{scale:g}")
+        shown = sorted(100 * row["predicted_gain"] for row in rows)[:-1] if zoom else [100 * r["damage"] for r in rows]
+        lim = [min(0, *(100 * row["measured_gain"] for row in rows)) if not zoom else -1.0, max(shown)]
+        ax.plot(lim, lim, color="0.6", lw=0.8)
+        if zoom:
+            ax.set_xlim(-0.5, max(shown) * 1.05)
+            ax.set_ylim(-3.5, 6)
+        ax.set_xlabel("predicted: routing damage of layer l × affine share  (% of ln PPL)")
+        ax.set_ylabel("measured: P1 in layer l only  (% of ln PPL)")
+        ax.set_title(title, fontsize=9)
+        if panel == 0:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
@@ -121,17 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "router-noise")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--replot", action="store_true", help="recompute the figures and the plot from "
+                                                                 "OUT/per-layer.json instead of measuring")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [row for name in args.models for row in measure_model(name, args.scales, args.chips, args.max_tokens)]
-    r = pearson([row["predicted_gain"] for row in rows], [row["measured_gain"] for row in rows])
-    r_damage = pearson([row["damage"] for row in rows], [row["measured_gain"] for row in rows])
+    if args.replot:
+        saved = json.loads((args.out / "per-layer.json").read_text())
+        rows, settings = saved["rows"], saved["settings"]
+    else:
+        rows = [row for name in args.models for row in measure_model(name, args.scales, args.chips, args.max_tokens)]
+        settings = {"chips": args.chips, "scales": args.scales, "max_tokens": args.max_tokens}
+    figures = agreement(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "per-layer.json", json.dumps(
-        {"pearson_predicted": r, "pearson_damage_only": r_damage, "rows": rows,
-         "settings": {"chips": args.chips, "scales": args.scales, "max_tokens": args.max_tokens}}, indent=1) + "\n")
-    write_bytes_atomic(args.out / "per-layer.png", plot(rows, r))
-    print(f"Pearson r (predicted vs measured) = {r:.3f}; damage alone: {r_damage:.3f}; {len(rows)} points")
+        {"agreement": figures, "rows": rows, "settings": settings}, indent=1) + "\n")
+    write_bytes_atomic(args.out / "per-layer.png", plot(rows, figures))
+    for label in ("all", "without_largest"):
+        f = figures[label]
+        print(f"{label} ({f['points']} points): predicted r = {f['pearson_predicted_gain']:.3f}, ρ = "
+              f"{f['spearman_predicted_gain']:.3f}; damage alone r = {f['pearson_damage']:.3f}, ρ = "
+              f"{f['spearman_damage']:.3f}")
     return 0
 
 
