@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map \
+	per-layer-account
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +83,7 @@ REGIME := regime regime-deep regime-time regime-channel regime-tensor regime-rep
 regime-map: $(VENV)/.installed
 	for config in $(REGIME); do $(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(PY) scripts/regime_map.py --update-readme
+
+# README "When ROMER helps", item 8 and docs/router-noise.md finding 7: per-layer routing damage, share and P1 gain.
+per-layer-account: $(VENV)/.installed
+	$(PY) scripts/per_layer_account.py --models $(ZOO) $(DEEP)

@@ -108,7 +108,7 @@ def test_run_scores_methods_on_the_same_chips_and_resumes(tmp_path):
 def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
     out = tmp_path / "calibrated"
     result = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out), "--sequences", "4",
-                                 "--with", "calibration.window=64", "--seed", "1"])
+                                 "--method", "romer", "--with", "calibration.window=64", "--seed", "1"])
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"]["kind"] == "romer" and plan["chip"]["seed"] == 1 and plan["replacement"]

@@ -45,7 +45,7 @@ def finish(folder, out):
     assert again.exit_code == 0, again.output
     assert FILES <= {p.name for p in out.iterdir()}
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["chip"]["seed"] == 1 and plan["method"]["kind"] == "romer"
+    assert plan["chip"]["seed"] == 1 and plan["method"]["kind"] == "recalibrate"  # the recommended default
     model, _ = romer.load(out)
     assert model is not None
 

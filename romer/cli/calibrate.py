@@ -68,7 +68,8 @@ def _plan_table(plan, layers):
 def calibrate_command(
     model: str = MODEL_OPTION,
     out: Path = typer.Option(..., "--out", help="New folder for the calibrated model and plan.json."),
-    method: str = typer.Option("romer", "--method", help=f"One of {', '.join(METHOD_KINDS)}."),
+    method: str = typer.Option("recalibrate", "--method", help=f"One of {', '.join(METHOD_KINDS)} (default "
+                               "recalibrate, P1: README, \"When ROMER helps\", the recommendation)."),
     options: list[str] = typer.Option([], "--with", help="Method option KEY=VALUE, e.g. replace.variant=split, "
                                                          "recalibrate.percentiles=[10,90]."),
     sequences: Optional[int] = typer.Option(None, help="Calibration windows from the train split (default 64)."),
