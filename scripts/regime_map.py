@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("regime", "regime-deep", "regime-time", "regime-channel", "regime-tensor", "regime-repairs")
 METHODS = ("romer", "recalibration", "replacement", "oracle routing", "maxnn-12.5%", "least squares")
 REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5%", "oracle routing",
-           "2 router copies", "4 router copies")
+           "2 router copies", "4 router copies", "P1 + 2 router copies", "P1 + 4 router copies")
 PLACEMENTS = ("moe", "experts", "all")
 MARKERS = {"moe": "o", "experts": "s", "all": "^"}
 MARKS = "osD^v*PXhd<>"  # one per repair in the Pareto plot

@@ -81,7 +81,8 @@ def test_the_method_needs_no_calibration_text_and_its_plan_round_trips():
     with pytest.raises(ValueError):
         MethodConfig(name="one copy", kind="copies", copies={"count": 1})
     with pytest.raises(ValueError, match="takes no 'copies'"):
-        MethodConfig(name="x", kind="recalibrate", copies={"count": 2})
+        MethodConfig(name="x", kind="balance", copies={"count": 2})
+    assert MethodConfig(name="p1", kind="recalibrate").copies is None  # optional there, never filled in
 
 
 def test_romer_run_scores_router_copies_on_their_own_programmed_state():
@@ -111,3 +112,36 @@ def test_romer_run_scores_router_copies_on_their_own_programmed_state():
                              batch_size=spec["batch_size"])
     assert copies["ppl"] == pytest.approx(by_hand.ppl, rel=1e-6)
     assert rows["recalibration"]["extra_analog_share"] == 0.0  # the base state is untouched by the copies
+
+
+def test_p1_on_router_copies_is_fitted_on_the_averaged_routers():
+    """The evaluator fits P1 on the observation of the copied state; the plan equals a standalone fit (which
+    programs that state itself), differs from P1 fitted on the plain chip, and scores as the plan applied by hand."""
+    from romer.eval.perplexity import perplexity
+    from romer.experiment.config_file import load_config
+    from romer.experiment.evaluate import DEFAULT_EVAL, Evaluator
+
+    config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", "eval.max_tokens=256",
+                                     "chip.presets=[{preset: gaussian, overrides: {eta: 0.3}}]",
+                                     "methods=[clean, noisy, recalibration, {name: P1 + 4 copies, kind: recalibrate, "
+                                     "copies: {count: 4}}]", "calibration.sequences=2"])
+    (group,) = config.groups()
+    evaluator = Evaluator()
+    rows = {row["method"]: row for row in evaluator(group)}
+    model, tokenizer = evaluator.model("olmoe-tiny")
+    chip = Chip.from_dict(group.chip)
+    both = Plan.from_dict(rows["P1 + 4 copies"]["plan"])
+    assert both.router_copies == 4 and both.router
+    method = MethodConfig.model_validate(next(m for m in group.methods if m["name"] == "P1 + 4 copies"))
+    calibrator = Calibrator(method)
+    alone = calibrator.fit(model, calibrator.windows(tokenizer), chip)
+    assert [f.to_dict() for f in alone.router] == [f.to_dict() for f in both.router]
+    plain = Plan.from_dict(rows["recalibration"]["plan"])
+    assert [f.to_dict() for f in plain.router] != [f.to_dict() for f in both.router]
+    spec = {**DEFAULT_EVAL, **(group.eval or {})}
+    with torch.no_grad(), apply(model, chip, both):
+        by_hand = perplexity(model, tokenizer, evaluator.eval_text("olmoe-tiny", spec), window=spec["window"],
+                             batch_size=spec["batch_size"])
+    assert rows["P1 + 4 copies"]["ppl"] == pytest.approx(by_hand.ppl, rel=1e-6)
+    with pytest.raises(ValueError, match="router copies"):
+        MethodConfig(name="x", kind="recalibrate", recalibrate={"mode": "lstsq"}, copies={"count": 2})

@@ -62,8 +62,8 @@ class Calibrator:
 
     ``clean`` (the clean model observed on the same windows, with logits) and ``noisy`` (the model programmed on
     the fitting chip, observed the same way: ``observe_chip``) can be passed in to share them across methods;
-    so can ``replaced``, the observation (no logits) of the model running this method's replacement alone on the
-    fitting chip, which the router correction of a replacement method is fitted on (ROMER order).
+    so can ``replaced``, the observation (no logits) of the model running this method's replacement (or router
+    copies) alone on the fitting chip, which its router correction is fitted on (ROMER order).
     """
 
     def __init__(self, method: MethodConfig):
@@ -82,9 +82,10 @@ class Calibrator:
         m = self.method
         fit_chip = self.fit_chip(chip)
         plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
-        if m.copies is not None:  # hardware only: nothing is observed (``windows`` may be None)
+        if m.copies is not None:
             plan.router_copies = m.copies.count
-            return plan
+            if m.kind == "copies":  # hardware only: nothing is observed (``windows`` may be None)
+                return plan
         batch = m.calibration.batch_size
         clean = clean or observe(model, windows, batch, keep_logits=True)
         layers = moe_layers(model)
@@ -124,8 +125,8 @@ class Calibrator:
 
     def _recalibrate(self, model, windows, fit_chip, plan, fixes, clean: Observation, noisy: Observation,
                      replaced: Observation | None = None) -> None:
-        """Fit every layer's router correction on the replaced, programmed model (ROMER order); sequentially,
-        each layer sees the earlier layers already corrected."""
+        """Fit every layer's router correction on the replaced (or router-copied), programmed model (ROMER order);
+        sequentially, each layer sees the earlier layers already corrected."""
         config, batch = self.method.recalibrate, self.method.calibration.batch_size
         all_layers = moe_layers(model)
         positions = {layer.index: position for position, layer in enumerate(all_layers)}
@@ -147,10 +148,11 @@ class Calibrator:
             recal.FITTERS[config.mode](observed.record.layers[position], clean.record.layers[position], config,
                                        fixes[layer.index])
 
+        own_weights = bool(plan.replacement) or plan.router_copies > 1
         if not config.sequential:
-            if plan.replacement and replaced is not None:
+            if own_weights and replaced is not None:
                 noisy = replaced
-            elif plan.replacement:
+            elif own_weights:
                 with apply(model, fit_chip, plan):
                     noisy = observe(model, windows, batch)
             for layer in layers:

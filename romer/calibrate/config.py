@@ -106,7 +106,8 @@ class BalanceConfig(_Strict):
 class CopiesConfig(_Strict):
     """K independently programmed arrays of every analog router, their conductances averaged: each router
     weight's noise variance falls to σ²/K (independent draws), at (K − 1) × the routers' weights of extra analog
-    arrays. No calibration text."""
+    arrays. Kind ``copies`` alone needs no calibration text; on kind ``recalibrate`` the correction is fitted on
+    the averaged routers (P1 for the error the copies share, averaging for the rest)."""
 
     count: int = Field(2, ge=2, le=64)
 
@@ -129,17 +130,19 @@ class MethodConfig(_Strict):
     def _fill(self) -> "MethodConfig":
         wants = {"replace": self.kind in ("replace", "romer"), "recalibrate": self.kind in ("recalibrate", "romer"),
                  "maxnn": self.kind == "maxnn", "balance": self.kind == "balance", "copies": self.kind == "copies"}
+        optional = {"copies": self.kind == "recalibrate"}  # taken when given, never filled in
         for part, wanted in wants.items():
-            if getattr(self, part) is not None and not wanted:
+            if getattr(self, part) is not None and not (wanted or optional.get(part)):
                 raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no '{part}' options")
             if wanted and getattr(self, part) is None:
                 default = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
                            "balance": BalanceConfig, "copies": CopiesConfig}[part]()
                 object.__setattr__(self, part, default)
         if self.recalibrate is not None and self.recalibrate.mode == "lstsq" and (
-                self.replace is not None or self.recalibrate.sequential):
+                self.replace is not None or self.copies is not None or self.recalibrate.sequential):
             raise ValueError(f"method {self.name!r}: recalibrate mode lstsq pairs the chip's logits with the clean "
-                             "model's, so it cannot follow a replacement (kind romer) or run sequentially")
+                             "model's, so it cannot follow a replacement (kind romer) or router copies, or run "
+                             "sequentially")
         return self
 
     @property

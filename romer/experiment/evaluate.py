@@ -87,15 +87,20 @@ def _scored(result: PerplexityResult, record: RoutingRecord | None) -> dict:
 
 
 def _deferred(method: MethodConfig) -> bool:
-    """A replacement method whose router correction is fitted on the replaced chip itself (ROMER order): its
-    fit waits for that state, where the observation it needs is taken once."""
+    """A method whose router correction is fitted on its own weight state (the replaced chip, ROMER order; or
+    the chip with averaged router copies): its fit waits for that state, where the observation it needs is
+    taken once."""
     r = method.recalibrate
-    return (method.replace is not None and r is not None and not r.sequential and r.mode != "token"
-            and method.fit_seed_offset == 0)
+    return ((method.replace is not None or method.copies is not None) and r is not None and not r.sequential
+            and r.mode != "token" and method.fit_seed_offset == 0)
 
 
 def _replacement_part(method: MethodConfig) -> MethodConfig:
-    return MethodConfig(name=f"{method.name} (replacement)", kind="replace", replace=method.replace,
+    """The weight part of a deferred method: its replacement, or its router copies."""
+    if method.replace is not None:
+        return MethodConfig(name=f"{method.name} (replacement)", kind="replace", replace=method.replace,
+                            calibration=method.calibration)
+    return MethodConfig(name=f"{method.name} (copies)", kind="copies", copies=method.copies,
                         calibration=method.calibration)
 
 
