@@ -85,63 +85,63 @@ def test_the_method_needs_no_calibration_text_and_its_plan_round_trips():
     assert MethodConfig(name="p1", kind="recalibrate").copies is None  # optional there, never filled in
 
 
-def test_romer_run_scores_router_copies_on_their_own_programmed_state():
-    """The evaluator's row equals applying the plan by hand and scoring the same text; its cost is the routers'."""
-    from romer.eval.perplexity import perplexity
+@pytest.fixture(scope="module")
+def run():
+    """One `romer run` group on a loud gaussian chip: copies alone, P1 alone and P1 on copies, same chip."""
     from romer.experiment.config_file import load_config
-    from romer.experiment.evaluate import DEFAULT_EVAL, Evaluator
+    from romer.experiment.evaluate import Evaluator
 
     config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", "eval.max_tokens=256",
                                      "chip.presets=[{preset: gaussian, overrides: {eta: 0.3}}]",
-                                     "methods=[clean, noisy, {name: 4 router copies, kind: copies, "
-                                     "copies: {count: 4}}, recalibration]", "calibration.sequences=2"])
+                                     "methods=[clean, noisy, {name: 4 router copies, kind: copies, copies: {count: 4}},"
+                                     " recalibration, {name: P1 + 4 copies, kind: recalibrate, copies: {count: 4}}]",
+                                     "calibration.sequences=2"])
     (group,) = config.groups()
     evaluator = Evaluator()
     rows = {row["method"]: row for row in evaluator(group)}
+    return rows, evaluator, group
+
+
+def by_hand(run, plan: Plan) -> float:
+    """PPL of the run's evaluation text with ``plan`` applied by hand on the run's chip."""
+    from romer.eval.perplexity import perplexity
+    from romer.experiment.evaluate import DEFAULT_EVAL
+
+    _, evaluator, group = run
     model, tokenizer = evaluator.model("olmoe-tiny")
+    spec = {**DEFAULT_EVAL, **(group.eval or {})}
+    with torch.no_grad(), apply(model, Chip.from_dict(group.chip), plan):
+        return perplexity(model, tokenizer, evaluator.eval_text("olmoe-tiny", spec), window=spec["window"],
+                          batch_size=spec["batch_size"]).ppl
+
+
+def test_romer_run_scores_router_copies_on_their_own_programmed_state(run):
+    """The evaluator's row equals applying the plan by hand and scoring the same text; its cost is the routers'."""
+    rows, evaluator, _ = run
+    model, _ = evaluator.model("olmoe-tiny")
     copies = rows["4 router copies"]
     assert copies["ppl"] != rows["noisy"]["ppl"]
     layers = moe_layers(model)
     routers = sum(layer.router_weight.numel() for layer in layers)
     analog = routers + sum(p.numel() for layer in layers for p in layer.experts.parameters_by_name().values())
     assert copies["extra_analog_share"] == pytest.approx(3 * routers / analog, rel=1e-12)
-    spec = {**DEFAULT_EVAL, **(group.eval or {})}
-    chip = Chip.from_dict(group.chip)
-    with torch.no_grad(), apply(model, chip, Plan.from_dict(copies["plan"])):
-        by_hand = perplexity(model, tokenizer, evaluator.eval_text("olmoe-tiny", spec), window=spec["window"],
-                             batch_size=spec["batch_size"])
-    assert copies["ppl"] == pytest.approx(by_hand.ppl, rel=1e-6)
+    assert copies["ppl"] == pytest.approx(by_hand(run, Plan.from_dict(copies["plan"])), rel=1e-6)
     assert rows["recalibration"]["extra_analog_share"] == 0.0  # the base state is untouched by the copies
 
 
-def test_p1_on_router_copies_is_fitted_on_the_averaged_routers():
+def test_p1_on_router_copies_is_fitted_on_the_averaged_routers(run):
     """The evaluator fits P1 on the observation of the copied state; the plan equals a standalone fit (which
     programs that state itself), differs from P1 fitted on the plain chip, and scores as the plan applied by hand."""
-    from romer.eval.perplexity import perplexity
-    from romer.experiment.config_file import load_config
-    from romer.experiment.evaluate import DEFAULT_EVAL, Evaluator
-
-    config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", "eval.max_tokens=256",
-                                     "chip.presets=[{preset: gaussian, overrides: {eta: 0.3}}]",
-                                     "methods=[clean, noisy, recalibration, {name: P1 + 4 copies, kind: recalibrate, "
-                                     "copies: {count: 4}}]", "calibration.sequences=2"])
-    (group,) = config.groups()
-    evaluator = Evaluator()
-    rows = {row["method"]: row for row in evaluator(group)}
+    rows, evaluator, group = run
     model, tokenizer = evaluator.model("olmoe-tiny")
-    chip = Chip.from_dict(group.chip)
     both = Plan.from_dict(rows["P1 + 4 copies"]["plan"])
     assert both.router_copies == 4 and both.router
     method = MethodConfig.model_validate(next(m for m in group.methods if m["name"] == "P1 + 4 copies"))
     calibrator = Calibrator(method)
-    alone = calibrator.fit(model, calibrator.windows(tokenizer), chip)
+    alone = calibrator.fit(model, calibrator.windows(tokenizer), Chip.from_dict(group.chip))
     assert [f.to_dict() for f in alone.router] == [f.to_dict() for f in both.router]
     plain = Plan.from_dict(rows["recalibration"]["plan"])
     assert [f.to_dict() for f in plain.router] != [f.to_dict() for f in both.router]
-    spec = {**DEFAULT_EVAL, **(group.eval or {})}
-    with torch.no_grad(), apply(model, chip, both):
-        by_hand = perplexity(model, tokenizer, evaluator.eval_text("olmoe-tiny", spec), window=spec["window"],
-                             batch_size=spec["batch_size"])
-    assert rows["P1 + 4 copies"]["ppl"] == pytest.approx(by_hand.ppl, rel=1e-6)
+    assert rows["P1 + 4 copies"]["ppl"] == pytest.approx(by_hand(run, both), rel=1e-6)
     with pytest.raises(ValueError, match="router copies"):
         MethodConfig(name="x", kind="recalibrate", recalibrate={"mode": "lstsq"}, copies={"count": 2})
