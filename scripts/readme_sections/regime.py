@@ -110,7 +110,7 @@ def render(root: Path) -> str:
         "![ROMER's reduction per preset and placement](results/regime-map/map.png)\n\n"
         "![reduction against router-logit SNR](results/regime-map/snr.png)",
         "Noise scale × placement (`moe`: MoE blocks analog, router included; `experts`: router digital; `all`: "
-        "attention analog too; olmoe-deep on `regime-deep`'s PCM subset). Routing share = oracle routing's gap recovered: how much of the damage is "
+        "attention analog too; olmoe-deep on `regime-deep`'s grid, without PCM ×3). Routing share = oracle routing's gap recovered: how much of the damage is "
         f"routing (shown where the chip raises PPL by ≥ {MIN_DAMAGE_PCT:g} %).\n\n" + _grid(cells),
         "Inference time and drift compensation (`regime-time`, PCM ×10, placement `moe`):\n\n"
         + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
