@@ -30,7 +30,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
-                                        headline, interval, merge_cells, regime_presets)
+                                        headline, interval, merge_cells, present_models, regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -55,15 +55,10 @@ def _reduction(cell: dict, method: str = "romer") -> dict | None:
     return None if m is None else m["reduction_pct"]
 
 
-def _present(cells: list[dict]) -> list[str]:
-    """The map's models that have cells among ``cells``, in MODELS order."""
-    return [m for m in MODELS if any(c["model"] == m for c in cells)]
-
-
 def map_plot(cells: list[dict]) -> bytes:
     grid = [c for c in cells if c["source"] in GRID_SOURCES]
     presets = regime_presets()
-    models = _present(grid)
+    models = present_models(grid)
     fig = Figure(figsize=(4.2 * len(models), 0.55 * len(presets) + 1.6))
     for i, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1)
@@ -113,7 +108,7 @@ def snr_plot(cells: list[dict]) -> bytes:
 
 def time_plot(cells: list[dict]) -> bytes:
     timed = [c for c in cells if c["source"] == "regime-time"]
-    models = _present(timed)
+    models = present_models(timed)
     fig = Figure(figsize=(3.7 * len(models), 3.6))
     for i, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1)
@@ -183,7 +178,7 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
 
 
 def pareto_plot(points: list[dict]) -> bytes:
-    models = _present(points)
+    models = present_models(points)
     fig = Figure(figsize=(4.2 * len(models), 3.8))
     methods = list(dict.fromkeys(p["method"] for p in points))
     presets = list(dict.fromkeys(p["preset"] for p in points))
@@ -223,7 +218,7 @@ def build(results: Path) -> dict:
     cells.sort(key=lambda c: order.get(c["source"], len(order)))  # stable: a config's cells keep their order
     if not cells:
         raise SystemExit(f"no regime store under {results} (run `make regime-map`)")
-    return {"cells": cells, "pareto": pareto_points(cells, router_shares(_present(cells))),
+    return {"cells": cells, "pareto": pareto_points(cells, router_shares(present_models(cells))),
             "headline": {method: {"reduction_pct": headline(cells, method, "reduction_pct"),
                                   "gap_recovered_pct": headline(cells, method, "gap_recovered_pct", MIN_DAMAGE_PCT)}
                          for method in METHODS}}

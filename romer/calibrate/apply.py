@@ -14,7 +14,7 @@ from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
 from romer.models.view import moe_layers
 from romer.noise.chip import Chip, Programmed, program, program_copy, store_for
-from romer.noise.placement import NAMED_PLACEMENTS, analog_weights
+from romer.noise.placement import analog_weights
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,9 @@ def _attention_weights(model: nn.Module, chip: Chip) -> list[torch.Tensor]:
     return [w.parameter for w in analog_weights(model, frozenset({"attention"}), strict=False)]
 
 
-def _analog(model: nn.Module, chip: Chip):
-    return analog_weights(model, chip.placement, strict=chip.placement_name() not in NAMED_PLACEMENTS)
-
-
 def plan_cost(model: nn.Module, chip: Chip, plan: Plan) -> Cost:
     layers = {layer.index: layer for layer in moe_layers(model)}
-    weights = _analog(model, chip)
+    weights = chip.analog_weights(model)
     analog = sum(w.parameter.numel() for w in weights)
     per_expert = {i: sum(t.numel() for t in rep.expert_views(layer.experts, 0)) for i, layer in layers.items()}
     digital = 0
@@ -57,7 +53,7 @@ def average_router_copies(model: nn.Module, programmed: Programmed, copies: int)
     """Each analog router of the programmed model ← the mean of ``copies`` arrays holding its clean weights: the
     one programmed into the model and copies − 1 more, each with its own draws (``program_copy``)."""
     chip = programmed.chip
-    for w in _analog(model, chip):
+    for w in chip.analog_weights(model):
         if w.group != "router":
             continue
         clean = programmed.clean(w.name).to(w.parameter.device)

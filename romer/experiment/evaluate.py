@@ -95,7 +95,7 @@ def _deferred(method: MethodConfig) -> bool:
             and r.mode != "token" and method.fit_seed_offset == 0)
 
 
-def _replacement_part(method: MethodConfig) -> MethodConfig:
+def _weights_part(method: MethodConfig) -> MethodConfig:
     """The weight part of a deferred method: its replacement, or its router copies."""
     if method.replace is not None:
         return MethodConfig(name=f"{method.name} (replacement)", kind="replace", replace=method.replace,
@@ -300,7 +300,7 @@ class _GroupRun:
             self.ev.clean(self.name, self.spec)  # on the clean model, before any programming
         # fits run on the clean model (MaxNN reads clean weights; sequential fits program the chip themselves)
         fitted = {m.name: self.fit(m) for m in methods if m.needs_fit and not _deferred(m)}
-        parts = {m.name: self.fit(_replacement_part(m)) for m in methods if _deferred(m)}
+        parts = {m.name: self.fit(_weights_part(m)) for m in methods if _deferred(m)}
         noisy = next((m for m in methods if m.kind == "noisy"), MethodConfig(name="noisy", kind="noisy"))
         with self.on_base() as base:
             self.score(noisy, Plan.none(self.chip))  # first: every row reports its routing CV as cv_before

@@ -79,6 +79,11 @@ def _cell(key: tuple, rows: list[dict], source: str) -> dict:
             "snr_db": {k: statistics.fmean(v) for k, v in snr.items() if all(math.isfinite(x) for x in v)}}
 
 
+def present_models(items: list[dict]) -> list[str]:
+    """The map's models that appear (key ``model``) among ``items`` (cells or points), in MODELS order."""
+    return [m for m in MODELS if any(item["model"] == m for item in items)]
+
+
 def cell_id(cell: dict) -> tuple:
     """What names a cell across runs: its source config and setting."""
     return (cell["source"], cell["model"], cell["preset"], cell["placement"], cell["mapping"], cell["t"])

@@ -29,7 +29,7 @@ from romer.devices import available_ram_bytes, check_programmable, release_free_
 from romer.errors import UserError
 from romer.noise.draws import NormalStream
 from romer.noise.mapping import MAPPING_GROUPS
-from romer.noise.placement import NAMED_PLACEMENTS, analog_weights, parse_placement
+from romer.noise.placement import NAMED_PLACEMENTS, AnalogWeight, analog_weights, parse_placement
 from romer.noise.presets import NoisePreset
 from romer.noise.registry import get_preset, preset_from_dict
 
@@ -70,6 +70,11 @@ class Chip:
     def series(self, count: int) -> list["Chip"]:
         """``count`` chips identical but for their seeds: seed, seed + 1, …"""
         return [self.with_seed(self.seed + i) for i in range(count)]
+
+    def analog_weights(self, model: nn.Module) -> list[AnalogWeight]:
+        """The model's weights this chip holds on analog arrays (``romer.noise.placement.analog_weights``; a custom
+        group list must match something in every group it names, a named placement need not)."""
+        return analog_weights(model, self.placement, strict=self.placement_name() not in NAMED_PLACEMENTS)
 
     def placement_name(self) -> str:
         for name, groups in NAMED_PLACEMENTS.items():
@@ -281,7 +286,7 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
         raise UserError("model is already programmed onto a chip; restore() it before programming another")
     if clean_store not in (*CLEAN_STORES, "auto"):
         raise UserError(f"unknown clean store {clean_store!r}; choose one of auto, {', '.join(CLEAN_STORES)}")
-    weights = analog_weights(model, chip.placement, strict=chip.placement_name() not in NAMED_PLACEMENTS)
+    weights = chip.analog_weights(model)
     for w in weights:
         check_programmable(w.parameter.device, f"analog weights ({w.name})")
         if w.parameter.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.experiment.regime_map import GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, regime_presets, spearman
+from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
+                                        regime_presets, spearman)
 PLACEMENTS = ("moe", "experts", "all")
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}
 
@@ -32,11 +33,6 @@ def _noisy_ppl(cell: dict) -> str:
 def _snr(cell: dict, key: str) -> str:
     value = cell["snr_db"].get(key)
     return "—" if value is None else f"{value:.1f}"
-
-
-def _present(cells: list[dict]) -> list[str]:
-    """The map's models that have cells among ``cells``, in MODELS order."""
-    return [m for m in MODELS if any(c["model"] == m for c in cells)]
 
 
 def _grid(cells: list[dict]) -> str:
@@ -71,7 +67,7 @@ def _axis(cells: list[dict], source: str, key: str, label: str) -> str:
     lines = [f"| model | {label} | " + " | ".join(f"{p}: noisy PPL · ROMER % · recalibration %" for p in presets) + " |",
              "|---|---|" + "---|" * len(presets)]
     by = {(c["model"], c[key], c["preset"]): c for c in chosen}
-    for model in _present(chosen):
+    for model in present_models(chosen):
         for value in values:
             cells_here = [by.get((model, value, p)) for p in presets]
             cols = ["—" if c is None else f"{_noisy_ppl(c)} · {_pct(_method(c, 'romer'))} · "
@@ -127,7 +123,7 @@ def _mapping(cells: list[dict]) -> str:
     by = {(c["model"], c["preset"], c["mapping"]): c for c in cells}
     lines = ["| model | preset | " + " | ".join(f"`{m}`: noisy PPL · ROMER %" for m in mappings) + " |",
              "|---|---|" + "---|" * len(mappings)]
-    for model in _present([c for c in cells if c["mapping"] != "expert"]):
+    for model in present_models([c for c in cells if c["mapping"] != "expert"]):
         for preset in presets:
             row = [by.get((model, preset, m)) for m in mappings]
             lines.append(f"| {model} | {preset} | " + " | ".join(

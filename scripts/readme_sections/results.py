@@ -55,7 +55,7 @@ def section(root: Path, config: str, placement: str | None, cell, intro: str, al
     path = root / "results" / config / "results.json"
     if not path.exists():
         return f"_{config}: not run yet (`romer run {config} --out results/{config}`)._"
-    data = json.loads(path.read_text())["rows"] + [r for out in also for r in _rows(root, out)]
+    data = _rows(root, config, also)
     tokens = {r["tokens"] for r in data}
     chips = {r["chips"] for r in data}
     return (f"{intro} — {'/'.join(map(str, sorted(tokens)))} tokens, {'/'.join(map(str, sorted(chips)))} chips "
@@ -73,7 +73,7 @@ def render_main(root: Path) -> str:
             f" (olmoe-deep: `romer run accuracy --set \"models=[olmoe-deep]\" --out results/{DEEP_OUT}`)"
             if also and _rows(root, DEEP_OUT) else "")
         parts.append(section(root, config, p, main_cell, f"{command}, test split, placement `{p}`", also))
-        rows = [r for r in _rows(root, config) + [r for out in also for r in _rows(root, out)] if r["placement"] == p]
+        rows = [r for r in _rows(root, config, also) if r["placement"] == p]
         if any(r.get("accuracy") for r in rows):
             parts.append(f"Zero-shot accuracy (%), placement `{p}`, mean ± std over the chips: `romer_cloze` acc / "
                          "`romer_nextsent` acc_norm, on the first items of each task (`eval.task_limit` of the "
@@ -82,9 +82,13 @@ def render_main(root: Path) -> str:
     return "\n\n".join(parts)
 
 
-def _rows(root: Path, config: str) -> list[dict]:
-    path = root / "results" / config / "results.json"
-    return json.loads(path.read_text())["rows"] if path.exists() else []
+def _rows(root: Path, config: str, also: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of results/<config>/results.json, then those of each ``also`` output folder (none where absent)."""
+    rows = []
+    for out in (config, *also):
+        path = root / "results" / out / "results.json"
+        rows += json.loads(path.read_text())["rows"] if path.exists() else []
+    return rows
 
 
 def render_ablations(root: Path) -> str:

@@ -72,16 +72,26 @@ def render(root: Path) -> str:
             "multi-head attention, and it stores the 2 shared experts as one MLP of twice the width (the same",
             "function: two SwiGLU MLPs summed equal one with their hidden units concatenated)."]
     if "olmoe-deep" in cards and "olmoe-tiny" in cards:
-        out += ["", _deep_note(cards["olmoe-deep"], cards["olmoe-tiny"])]
+        out += ["", _deep_note(cards)]
     return "\n".join(out)
 
 
-def _deep_note(deep: dict, tiny: dict) -> str:
-    """What sets olmoe-deep apart, from the two cards."""
-    hottest = max(deep["usage"], key=lambda u: u["f_max"] / u["f_uniform"])
+def _ratio(usage: dict) -> float:
+    return usage["f_max"] / usage["f_uniform"]
+
+
+def _deep_note(cards: dict[str, dict]) -> str:
+    """What sets olmoe-deep apart, from the cards and the two models' configs."""
+    deep, tiny = cards["olmoe-deep"], cards["olmoe-tiny"]
+    shape = {n: _read(n, "config.json") for n in ("olmoe-deep", "olmoe-tiny")}
+    hottest = max(deep["usage"], key=_ratio)
+    others = max(_ratio(u) for c in cards.values() for u in c["usage"] if u is not hottest)
+    shipped = sum((ZOO_DIR / n / "model.safetensors").stat().st_size for n in cards) / 1e6
     return (f"`olmoe-deep` is olmoe-tiny's recipe (corpus, token budget, optimiser, per-layer balancing) at OLMoE-1B-7B's "
-            f"depth, {len(deep['usage'])} MoE layers, and half the width (hidden 128, experts 32 wide), sized so that all "
-            "shipped weights stay ≤ 120 MB. On the same 2.4M tokens it is the weaker language model (test PPL "
-            f"{deep['ppl']:.2f} against {tiny['ppl']:.2f}), and its layer {hottest['layer']} has one hot expert "
-            f"(f_max {hottest['f_max']:.2f} = {hottest['f_max'] / hottest['f_uniform']:.1f}× uniform; every other layer of "
-            "every zoo model stays below 4×).")
+            f"depth, {len(deep['usage'])} MoE layers, at width {shape['olmoe-deep']['hidden_size']} (experts "
+            f"{shape['olmoe-deep']['intermediate_size']} wide; olmoe-tiny: {shape['olmoe-tiny']['hidden_size']} and "
+            f"{shape['olmoe-tiny']['intermediate_size']}), sized so that all shipped weights stay ≤ 120 MB (now "
+            f"{shipped:.1f} MB). On the same tokens it is the weaker language model (test PPL {deep['ppl']:.2f} "
+            f"against {tiny['ppl']:.2f}), and its layer {hottest['layer']} has one hot expert (f_max "
+            f"{hottest['f_max']:.2f} = {_ratio(hottest):.1f}× uniform; every other layer of every zoo model stays at "
+            f"≤ {others:.1f}×).")
