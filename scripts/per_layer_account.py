@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import math
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -106,7 +107,34 @@ def agreement(rows: list[dict]) -> dict:
             f"{stat.__name__}_{key}": stat([row[key] for row in chosen], measured)
             for stat in (pearson, spearman) for key in ("predicted_gain", "damage")}}
     out["largest"] = {k: top[k] for k in ("model", "scale", "chip", "layer", "predicted_gain", "measured_gain")}
+    first = {name: min(row["layer"] for row in rows if row["model"] == name) for name in {r["model"] for r in rows}}
+    is_first = [row["layer"] == first[row["model"]] for row in rows]
+    # least-squares slope of measured on predicted through the origin: 1 = the prediction is right in scale
+    out["slope"] = {label: _slope([row for row, f in zip(rows, is_first) if keep(f)])
+                    for label, keep in (("all", lambda f: True), ("first_moe_layer", bool),
+                                        ("later_layers", lambda f: not f))}
+    out["per_model"] = {}
+    for name in dict.fromkeys(row["model"] for row in rows):
+        own = [(row, f) for row, f in zip(rows, is_first) if row["model"] == name]
+        later = [row["damage"] for row, f in own if not f]
+        out["per_model"][name] = {
+            "pearson_predicted_gain": pearson([r["predicted_gain"] for r, _ in own], [r["measured_gain"] for r, _ in own]),
+            "slope": _slope([r for r, _ in own]),
+            "damage_first_moe_layer": statistics.fmean(r["damage"] for r, f in own if f),
+            "damage_later_layers": statistics.fmean(later) if later else None,
+            "affine_share_first_moe_layer": statistics.fmean(r["affine_share"] for r, f in own if f),
+            "first_layer_share_of_gains": sum(r["measured_gain"] for r, f in own if f)
+            / sum(r["measured_gain"] for r, _ in own)}
+    out["affine_share_later_layers"] = statistics.fmean(row["affine_share"] for row, f in zip(rows, is_first)
+                                                         if not f)
+    out["affine_share_first_moe_layers"] = statistics.fmean(row["affine_share"] for row, f in zip(rows, is_first)
+                                                             if f)
     return out
+
+
+def _slope(rows: list[dict]) -> float:
+    return (sum(r["predicted_gain"] * r["measured_gain"] for r in rows)
+            / sum(r["predicted_gain"] ** 2 for r in rows))
 
 
 def plot(rows: list[dict], figures: dict) -> bytes:
