@@ -55,8 +55,8 @@ def poison(folder: Path, value: float) -> Path:
 def calibrated(good: Path, tmp: Path) -> Path:
     out = tmp / "calibrated"
     result = runner.invoke(app, ["calibrate", "--model", str(good), "--out", str(out), "--method", "recalibrate",
-                                 "--preset", "gaussian", "--set", "eta=0.2", "--sequences", "2",
-                                 "--with", "calibration.window=32"])
+                                 "--preset", "gaussian", "--set", "chip.overrides.eta=0.2", "--sequences", "2",
+                                 "--set", "calibration.window=32"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -152,7 +152,7 @@ def case_unknown_config_key(tmp, good):
 
 
 def case_noise_scale(tmp, good, value="-1"):
-    return ["eval", "--model", "olmoe-tiny", "--preset", "pcm", "--set", f"prog_noise_scale={value}"], \
+    return ["eval", "--model", "olmoe-tiny", "--preset", "pcm", "--set", f"chip.overrides.prog_noise_scale={value}"], \
         "prog_noise_scale"
 
 
@@ -170,12 +170,12 @@ def case_unknown_placement(tmp, good):
 
 def case_too_many_replacements(tmp, good):
     return ["calibrate", "--model", "olmoe-tiny", "--out", str(tmp / "out"), "--method", "replace",
-            "--with", "replace.count=60"], "replacing 60 of 64 experts"
+            "--set", "method.replace.count=60"], "replacing 60 of 64 experts"
 
 
 def case_percentile_outside(tmp, good):
     return ["calibrate", "--model", "olmoe-tiny", "--out", str(tmp / "out"), "--method", "recalibrate",
-            "--with", "recalibrate.percentiles=[0, 101]"], "percentiles"
+            "--set", "method.recalibrate.percentiles=[0, 101]"], "percentiles"
 
 
 def case_empty_dataset(tmp, good):
@@ -186,8 +186,8 @@ def case_empty_dataset(tmp, good):
 def case_corpus_too_short(tmp, good):
     (tmp / "short.txt").write_text("Too short to calibrate on.")
     return ["calibrate", "--model", "olmoe-tiny", "--out", str(tmp / "out"), "--method", "recalibrate",
-            "--with", "calibration.dataset=text", "--with", f"calibration.data_path={tmp / 'short.txt'}",
-            "--with", "calibration.split=test", "--sequences", "4"], "tokens, fewer than"
+            "--calibration-dataset", "text", "--calibration-data-path", str(tmp / "short.txt"), "--sequences", "4"], \
+        "has 11 tokens, fewer than the 2,044 that 4 windows of 512 tokens need"
 
 
 def case_window_beyond_context(tmp, good):

@@ -70,8 +70,9 @@ def test_eval_writes_json_with_the_documented_keys(folder, tmp_path):
                                  "--json", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    assert set(payload) == {"model", "device", "dtype", "dataset", "data_path", "split", "ppl_convention", "window",
-                            "tasks", "tokens", "ppl_per_chip", "ppl", "ppl_std", "word_ppl", "bits_per_byte"}
+    assert set(payload) == {"model", "device", "weights_dtype", "dataset", "data_path", "split", "order",
+                            "ppl_convention", "window", "dtype", "tasks", "max_tokens", "tokens", "ppl_per_chip", "ppl",
+                            "ppl_std", "word_ppl", "bits_per_byte"}
     assert payload["ppl_per_chip"] == [payload["ppl"]] and payload["ppl_std"] == 0 and payload["tasks"] == {}
     assert payload["split"] == "validation" and payload["window"] == 128
     assert payload["tokens"] == corpus_tokens(folder, "validation")  # every validation token scored once
@@ -108,7 +109,7 @@ def test_run_scores_methods_on_the_same_chips_and_resumes(tmp_path):
 def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
     out = tmp_path / "calibrated"
     result = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out), "--sequences", "4",
-                                 "--method", "romer", "--with", "calibration.window=64", "--seed", "1"])
+                                 "--method", "romer", "--set", "calibration.window=64", "--seed", "1"])
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"]["kind"] == "romer" and plan["chip"]["seed"] == 1 and plan["replacement"]
@@ -119,23 +120,25 @@ def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
     assert result.exit_code == 0, result.output
     # the same plan fitted and applied in memory (same method, chip, windows) scores exactly the same
     from romer.calibrate import Calibrator, apply
-    from romer.cli.calibrate import method_from_options
-    from romer.cli.common import chip_from_options
-    from romer.data import load_text
+    from romer.cli.calibrate import method_from
+    from romer.cli.common import chip_from, resolve_settings
     from romer.eval import perplexity
+    from romer.eval.spec import EvalSpec
 
     model, tokenizer = load_model(folder)
-    chip = chip_from_options("default", "moe", "expert", 1, 86400.0, [])
-    calibrator = Calibrator(method_from_options("romer", ["calibration.window=64"], 4))
+    data = resolve_settings("calibrate", {"method.kind": "romer", "calibration.sequences": 4, "chip.seed": 1},
+                            ["calibration.window=64"])
+    chip, _ = chip_from(data["chip"], needed=True)
+    calibrator = Calibrator(method_from(data))
     in_memory = calibrator.fit(model, calibrator.windows(tokenizer), chip)
     assert {**in_memory.to_dict(), "model": {}} == {**plan, "model": {}}
     with apply(model, chip, in_memory):
-        want = perplexity(model, tokenizer, load_text("validation"), window=128, batch_size=8)
+        want = perplexity(model, tokenizer, EvalSpec(split="validation").text(tokenizer), window=128, batch_size=8)
     assert json.loads(js.read_text())["ppl"] == want.ppl
     again = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(app, ["calibrate", "--model", str(folder), "--out", str(tmp_path / "x"),
-                              "--with", "replace.variant=bogus"])
+                              "--set", "method.replace.variant=bogus"])
     assert bad.exit_code == 2 and "replace.variant" in bad.output and not (tmp_path / "x").exists()
 
 
@@ -161,7 +164,7 @@ def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, messag
 def test_noisy_eval_reports_mean_and_std_over_chips(folder, tmp_path):
     out = tmp_path / "noisy.json"
     args = ["eval", "--model", str(folder), "--split", "validation", "--window", "128", "--preset", "gaussian",
-            "--set", "eta=0.5", "--chips", "2", "--placement", "all", "--json", str(out)]
+            "--set", "chip.overrides.eta=0.5", "--chips", "2", "--placement", "all", "--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
@@ -176,7 +179,7 @@ def test_noisy_eval_reports_mean_and_std_over_chips(folder, tmp_path):
 
 
 def test_noise_show_and_plot(tmp_path):
-    shown = runner.invoke(app, ["noise", "show", "pcm", "--set", "prog_noise_scale=2"])
+    shown = runner.invoke(app, ["noise", "show", "pcm", "--set", "chip.overrides.prog_noise_scale=2"])
     assert shown.exit_code == 0 and "Joshi" in shown.output and "t = 3600 s" in shown.output
     png = tmp_path / "pcm.png"
     plotted = runner.invoke(app, ["noise", "plot", "hermes", "--out", str(png)])
@@ -185,8 +188,8 @@ def test_noise_show_and_plot(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["noise", "show", "flash"], "unknown noise preset 'flash'"),
-    (["noise", "show", "pcm", "--set", "eta"], "--set takes KEY=VALUE"),
-    (["eval", "--model", "x", "--set", "eta=1"], "--set needs --preset"),
+    (["noise", "show", "pcm", "--set", "eta"], "--set takes SECTION.KEY=VALUE"),
+    (["eval", "--model", "x", "--set", "chip.overrides.eta=1"], "needs --preset"),
 ])
 def test_noise_mistakes_are_one_line_errors(args, message):
     result = runner.invoke(app, args)
@@ -204,8 +207,9 @@ def test_zoo_card_writes_card_json_into_the_folder(folder):
 
 def test_stats_reports_clean_vs_noisy_routing_and_oracle(folder, tmp_path):
     out, plots = tmp_path / "stats.json", tmp_path / "plots"
-    result = runner.invoke(app, ["stats", "--model", str(folder), "--preset", "gaussian", "--set", "eta=0.5",
-                                 "--chips", "2", "--max-chars", "4000", "--window", "128", "--json", str(out),
+    result = runner.invoke(app, ["stats", "--model", str(folder), "--preset", "gaussian", "--set",
+                                 "chip.overrides.eta=0.5", "--chips", "2", "--max-tokens", "1000", "--window", "128",
+                                 "--json", str(out),
                                  "--plots", str(plots)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())

@@ -179,7 +179,7 @@ def test_zoo_list_json_is_parseable():
 def test_noise_show_json_holds_the_sigma_table():
     import json
 
-    result = romer("noise", "show", "gaussian", "--set", "eta=0.1", "--json", "-")
+    result = romer("noise", "show", "gaussian", "--set", "chip.overrides.eta=0.1", "--json", "-")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     # gaussian: σ of the normalised weight is η at every level and time (additive noise)

@@ -36,7 +36,7 @@ FILES = {"config.json", "model.safetensors", "tokenizer.json", "plan.json"}
 
 def calibrate_args(folder, out):
     return ["calibrate", "--model", str(folder), "--out", str(out), "--sequences", "2",
-            "--with", "calibration.window=32", "--seed", "1"]
+            "--set", "calibration.window=32", "--seed", "1"]
 
 
 def finish(folder, out):

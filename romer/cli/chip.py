@@ -10,10 +10,9 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from romer.cli.common import user_errors
-from romer.cli.output import console
+from romer.cli.output import Tabular, console, table
 from romer.errors import UserError
 
 chip_app = typer.Typer(no_args_is_help=True, help="Noise presets fitted to your own chip's measurements.")
@@ -48,9 +47,7 @@ def chip_fit(
                   f"{d['repeats_median']:g} reads per device and time (median)", highlight=False)
     console().print(per_level_table(fit))
     console().print(escape(f"σ_prog(ĝ_T): {dict(fit.preset.describe())['σ_prog']}"), highlight=False)
-    quality = Table(title="fit quality")
-    quality.add_column("quantity")
-    quality.add_column("value", justify="right")
+    rows = []
     for label, value in (("σ_prog fit R² (over levels)", q["programming"]["r2"]),
                          ("σ_prog residual std (units of g_max)", q["programming"]["residual_std"]),
                          ("drift R² (per-device log–log fits)", q["drift"].get("r2_loglog")),
@@ -58,30 +55,29 @@ def chip_fit(
                          ("levels fitted: σ_prog / drift / read noise",
                           f"{len(q['programming']['levels'])} / {len(q['drift']['levels'])} / "
                           f"{len(q['read_noise']['levels'])}")):
-        quality.add_row(label, "—" if value is None else value if isinstance(value, str) else f"{value:.4g}")
-    console().print(quality)
+        rows.append((label, "—" if value is None else value if isinstance(value, str) else f"{value:.4g}"))
+    console().print(table("fit quality", ("quantity", "value"), rows, keys=(0,), right=(1,)))
     for s in fit.skipped:
         where = f"ĝ_T = {s['g_target']:g}" if s["g_target"] is not None else "all levels"
         console().print(f"skipped {s['quantity']} ({where}): {s['reason']}", highlight=False)
     console().print(f"wrote {path} — use it as --preset {path}", highlight=False)
 
 
-def per_level_table(fit) -> Table:
+def per_level_table(fit) -> Tabular:
     """One row per target level: devices, measured and fitted σ_prog, μ_ν, σ_ν, Q ("—" where not fitted)."""
     q = fit.quality
     prog = {r["g_target"]: r for r in q["programming"]["levels"]}
     drift = {r["g_target"]: r for r in q["drift"]["levels"]}
     read = {r["g_target"]: r for r in q["read_noise"]["levels"]}
-    table = Table(title="fitted per level (ĝ = g/g_max)")
-    for column in ("ĝ_T", "devices", "σ_prog measured", "σ_prog fit", "μ_ν", "σ_ν", "Q"):
-        table.add_column(column, justify="right")
+    rows = []
     for g in fit.data["levels"]:
         p, d, r = prog.get(g, {}), drift.get(g, {}), read.get(g, {})
         cells = [p.get("sigma"), p.get("fit"), d.get("mu_nu"), d.get("sigma_nu"), r.get("q")]
         devices = p.get("devices", d.get("devices"))
-        table.add_row(f"{g:g}", "—" if devices is None else str(devices),
-                      *("—" if v is None else f"{v:.4f}" for v in cells))
-    return table
+        rows.append((f"{g:g}", "—" if devices is None else str(devices),
+                     *("—" if v is None else f"{v:.4f}" for v in cells)))
+    return table("fitted per level (ĝ = g/g_max)", ("ĝ_T", "devices", "σ_prog measured", "σ_prog fit", "μ_ν", "σ_ν",
+                                                    "Q"), rows, keys=(), right=range(7))
 
 
 def _report_settings(path: Path, preset) -> dict:

@@ -2,42 +2,63 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from romer.cli.common import (ALLOW_PICKLE_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION, DEVICE_OPTION,
-                              DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION, PPL_HELP, PRESET_HELP,
-                              SEED_OPTION, SET_OPTION, TASKS_HELP, TASK_DATA_HELP, TRUST_REMOTE_CODE_OPTION, T_OPTION,
-                              WINDOW_OPTION, check_at_least, check_window, chip_from_options, load_options,
-                              user_errors)
+from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION,
+                              DEVICE_OPTION, DTYPE_OPTION, LIMIT_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION,
+                              MODEL_OPTION, ORDER_OPTION, PLACEMENT_OPTION, PPL_OPTION, PRESET_HELP, SEED_OPTION,
+                              SET_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, TRUST_REMOTE_CODE_OPTION,
+                              T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label, data_given, eval_spec,
+                              load_options, model_label, preset_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
+
+
+def calibrated_label(folder: str) -> str:
+    """What a calibrated folder holds: its method, fitted on which chip."""
+    from romer.noise.chip import Chip
+
+    plan = json.loads((Path(folder) / "plan.json").read_text())
+    method = plan.get("method") or {}
+    name = method.get("name") or "noisy (no plan)"
+    chip_file = Path(folder) / "chip.json"
+    try:
+        chip = Chip.from_dict(json.loads(chip_file.read_text()) if chip_file.is_file() else plan["chip"])
+        on = f"{preset_label(chip.preset)} at t = {chip.t_inference:g} s, {chip.placement_name()} analog, seed {chip.seed}"
+    except (KeyError, TypeError, ValueError, UserError):
+        on = "its chip"
+    return f"calibrated folder: {name} on {on} (the chip's read-back weights)"
 
 
 @user_errors
 def eval_command(
     model: str = MODEL_OPTION,
-    dataset: str = DATASET_OPTION,
+    dataset: Optional[str] = DATASET_OPTION,
     data_path: Optional[str] = DATA_PATH_OPTION,
-    split: Optional[str] = typer.Option(None, help="Split of the dataset (default: test; c4: validation)."),
-    ppl: str = typer.Option("windows", "--ppl", help=PPL_HELP),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help=TASKS_HELP),
-    task_data: list[str] = typer.Option([], "--task-data", help=TASK_DATA_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items of each zero-shot task."),
-    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Only the first N characters of the split "
-                                                                      "(windows convention)."),
-    window: int = WINDOW_OPTION,
-    batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean."),
-    chips: int = typer.Option(5, help="Number of simulated chips (seeds SEED … SEED+CHIPS−1)."),
-    seed: int = SEED_OPTION,
-    t: float = T_OPTION,
-    placement: str = PLACEMENT_OPTION,
-    mapping: str = MAPPING_OPTION,
+    split: Optional[str] = SPLIT_OPTION,
+    order: Optional[str] = ORDER_OPTION,
+    max_tokens: Optional[int] = MAX_TOKENS_OPTION,
+    window: Optional[int] = WINDOW_OPTION,
+    batch_size: Optional[int] = BATCH_OPTION,
+    ppl: Optional[str] = PPL_OPTION,
+    tasks: Optional[str] = TASKS_OPTION,
+    task_data: list[str] = TASK_DATA_OPTION,
+    limit: Optional[int] = LIMIT_OPTION,
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + ". Without it: the model as it is "
+                                                                           "(clean, or a calibrated folder)."),
+    chips: Optional[int] = typer.Option(None, "--chips", help="Number of simulated chips, seeds SEED … "
+                                                              "SEED+CHIPS−1 (default 5)."),
+    seed: Optional[int] = SEED_OPTION,
+    t: Optional[float] = T_OPTION,
+    placement: Optional[str] = PLACEMENT_OPTION,
+    mapping: Optional[str] = MAPPING_OPTION,
     settings: list[str] = SET_OPTION,
-    device: str = DEVICE_OPTION,
-    dtype: str = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     allow_pickle: bool = ALLOW_PICKLE_OPTION,
     trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
@@ -47,55 +68,77 @@ def eval_command(
     from romer import load
     from romer.calibrate.folder import is_calibrated
 
-    check_window(window)
-    check_at_least("--batch-size", batch_size)
-    if limit is not None:
-        check_at_least("--limit", limit)
-    if preset is not None and is_calibrated(model):
+    data = resolve_settings("eval", {**chip_given(preset, chips, seed, t, placement, mapping),
+                                     **data_given(dataset, data_path, split, order, max_tokens, window, batch_size,
+                                                  ppl, tasks, task_data, limit, device, dtype)}, settings)
+    chip, count = chip_from(data["chip"])
+    calibrated = is_calibrated(model)
+    if chip is not None and calibrated:
         raise UserError(f"{model} is a calibrated model that already holds its chip's read-back weights; "
                         "evaluate it without --preset")
-    chip = None
-    if preset is not None:
-        check_at_least("--chips", chips)
-        chip = chip_from_options(preset, placement, mapping, seed, t, settings)
-    elif settings:
-        raise UserError("--set needs --preset")
-    from romer.eval.suite import EvalSuite, summarize
-
-    data = EvalSuite.from_options(dataset, data_path, split, ppl, tasks, task_data, window, batch_size, limit,
-                                  max_chars)
+    spec = eval_spec(data["eval"])
     to_stdout = json_path == "-"
-    loading = load_options(device, dtype, device_map, allow_pickle, trust_remote_code)
+    loading = load_options(data["eval"], device_map, allow_pickle, trust_remote_code)
     lm, tokenizer = load(model, **loading)
+    name, out = model_label(model), console()
+    state = chip_label(chip, count) if chip else calibrated_label(model) if calibrated else "none (the clean model)"
+    announce(out, state, spec.label, stderr=to_stdout)
+    text = spec.text(tokenizer) if spec.ppl == "windows" else None
     if chip is None:
-        results = [data.measure(lm, tokenizer, f"{model} · {data.label}", progress=not to_stdout)]
+        results = [measure(spec, lm, tokenizer, text, f"{name} · {spec.label}", not to_stdout)]
     else:
         from romer.experiment.noisy import over_chips
         from romer.progress import Progress
 
-        with Progress(f"{model} · {data.label}", chips, unit="chips", enabled=not to_stdout) as bar:
-            def measure(m, i, chip_i):
-                result = data.measure(m, tokenizer, f"chip {i + 1}/{chips} (seed {chip_i.seed})",
-                                      progress=not to_stdout)
-                bar.advance(label=f"seed {chip_i.seed}: PPL {result.ppl.ppl:.2f}")
+        with Progress(f"{name} · {spec.label}", count, unit="chips", enabled=not to_stdout) as bar:
+            def on_chip(m, i, chip_i):
+                result = measure(spec, m, tokenizer, text, f"chip {i + 1}/{count} (seed {chip_i.seed})",
+                                 not to_stdout)
+                bar.advance(label=f"seed {chip_i.seed}" + ("" if result.ppl is None else
+                                                           f": PPL {result.ppl.ppl:.2f}"))
                 return result
 
-            results = over_chips(lm, chip, chips, measure)
-    payload = {"model": model, "device": str(loading["device"]), "dtype": dtype, **data.describe(),
-               **summarize(results)}
+            results = over_chips(lm, chip, count, on_chip)
+    described = spec.describe()
+    payload = {"model": model, "device": str(loading["device"]), "weights_dtype": data["eval"].get(
+        "weights_dtype", "float32"), **{k: v for k, v in described.items() if k != "tokens"},
+        "max_tokens": spec.max_tokens, **summarize(results)}
     if chip is not None:
-        payload.update(preset=chip.preset.to_dict(), chip=chip.to_dict(), chips=chips,
-                       seeds=[c.seed for c in chip.series(chips)])
+        payload.update(preset=chip.preset.to_dict(), chip=chip.to_dict(), chips=count,
+                       seeds=[c.seed for c in chip.series(count)])
     if write_json(json_path, payload):
         return
-    title = f"{model} on {data.label}" + (f", {chip.preset.name} chips at t = {t:g} s ({chip.placement_name()})"
-                                          if chip else ", clean")
-    out = console()
-    out.print(table(title, *ppl_table(payload, chip is not None), keys=()))
-    if data.tasks:
-        out.print(table(f"{model}: zero-shot accuracy (%), " + ("mean ± std over chips; per chip ± lm-eval stderr"
-                                                                if chip else "± lm-eval stderr"),
+    how = f"mean ± std over {count} chips" if chip else "calibrated" if calibrated else "clean"
+    if payload.get("ppl") is not None:
+        out.print(table(f"{name}: perplexity ({how})", *ppl_table(payload, chip is not None), keys=()))
+    if spec.tasks:
+        out.print(table(f"{name}: zero-shot accuracy (%), " + ("mean ± std over chips; per chip ± lm-eval stderr"
+                                                               if chip else "± lm-eval stderr"),
                         *task_table(payload), keys=(0,)))
+
+
+def measure(spec, model, tokenizer, text, description: str, progress: bool):
+    """Perplexity (None with ppl none) and every task of ``spec`` on ``model`` as it is now."""
+    from romer.eval.suite import Measurement
+
+    ppl = None if spec.ppl == "none" else spec.perplexity(model, tokenizer, text, progress=progress,
+                                                           description=description)
+    return Measurement(ppl, spec.task_scores(model, tokenizer))
+
+
+def summarize(results) -> dict:
+    """``romer.eval.suite.summarize`` of the per-chip measurements; without perplexity only the tasks."""
+    from romer.eval.suite import summarize as suite_summarize
+
+    if results[0].ppl is not None:
+        return suite_summarize(results)
+    from dataclasses import replace
+
+    from romer.eval.perplexity import PerplexityResult
+
+    blank = PerplexityResult(window=0, tokens=1, words=1, bytes=1, nll_sum=0.0)
+    summary = suite_summarize([replace(r, ppl=blank) for r in results])
+    return {**{k: None for k in summary if k != "tasks"}, "tasks": summary["tasks"]}
 
 
 def ppl_table(payload: dict, chips: bool) -> tuple[list[str], list[list[str]]]:

@@ -7,11 +7,13 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import SET_HELP, check_at_least, preset_overrides, user_errors
+from romer.cli.common import (NOISE_SET_HELP, ORDER_OPTION, announce, check_at_least, eval_spec,
+                              preset_from, preset_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 
 noise_app = typer.Typer(no_args_is_help=True, help="Analog device noise presets.")
-PRESET_ARG_HELP = "pcm, hermes, reram, gaussian, gaussian-mult, or a preset file (.yaml)."
+PRESET_ARG_HELP = ("default (the main job's chip: PCM ×10), pcm (×1), hermes, reram, gaussian, gaussian-mult, or a "
+                   "preset file (.yaml).")
 SHOW_TIMES_S = (0.0, 1.0, 3600.0, 86400.0, 3.15e7)
 SHOW_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -20,13 +22,11 @@ SHOW_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
 @user_errors
 def noise_show(
     preset: str = typer.Argument(..., help=PRESET_ARG_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    settings: list[str] = typer.Option([], "--set", help=NOISE_SET_HELP),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """A preset's constants and the spread of the read-back conductance σ(ĝ) at a few times."""
-    from romer.noise import get_preset
-
-    chosen = get_preset(preset, **preset_overrides(settings))
+    chosen = preset_from(preset, resolve_settings("noise", {}, settings)["chip"].get("overrides"))
     times = [t for t in SHOW_TIMES_S if t <= chosen.max_t_inference]
     rows = chosen.sigma_table(SHOW_LEVELS, times)
     constants = chosen.describe()
@@ -35,6 +35,7 @@ def noise_show(
     if write_json(json_path, payload):
         return
     out = console()
+    announce(out, preset_label(chosen), None)
     out.print(table(f"preset {chosen.name}", ("constant", "value"), constants, keys=(0,), right=()))
     cells = [[f"{g:g}", *(f"{r.std:.4f} ({r.mean:.3f})" for r in rows if r.g_target == g)] for g in SHOW_LEVELS]
     out.print(table("std of read-back ĝ = g/g_max (mean in brackets), no drift compensation",
@@ -46,13 +47,12 @@ def noise_show(
 def noise_plot(
     preset: str = typer.Argument(..., help=PRESET_ARG_HELP),
     out: Optional[Path] = typer.Option(None, help="PNG path (default PRESET_noise.png)."),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    settings: list[str] = typer.Option([], "--set", help=NOISE_SET_HELP),
 ):
     """Write a PNG: programming / total noise vs conductance, and drift vs time."""
-    from romer.noise import get_preset
     from romer.noise.plot import plot_preset
 
-    chosen = get_preset(preset, **preset_overrides(settings))
+    chosen = preset_from(preset, resolve_settings("noise", {}, settings)["chip"].get("overrides"))
     path = plot_preset(chosen, out or Path(f"{chosen.name}_noise.png"))
     console().print(f"wrote {path}")
 
@@ -62,7 +62,15 @@ def noise_plot(
 def noise_sensitivity(
     models: Optional[list[str]] = typer.Option(None, "--model", help="Models (default: the whole zoo)."),
     chips: int = typer.Option(3, help="Chips per setting (seeds 0 … CHIPS−1)."),
-    max_chars: int = typer.Option(80_000, help="Characters of the validation split to evaluate."),
+    split: str = typer.Option("validation", "--split", help="Split of the bundled corpus (default validation: the "
+                                                             "default chip was chosen on it, test stays untouched)."),
+    order: Optional[str] = ORDER_OPTION,
+    max_tokens: Optional[int] = typer.Option(20_000, "--max-tokens", help="Score the text's first N tokens "
+                                                                           "(default 20000)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Model input length in tokens (default 512)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8)."),
+    settings: list[str] = typer.Option([], "--set", help="eval.KEY=VALUE: split, order, max_tokens, window, "
+                                                         "batch_size; repeatable."),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
@@ -70,8 +78,12 @@ def noise_sensitivity(
     from romer.models import zoo_names
 
     check_at_least("--chips", chips)
+    data = resolve_settings("sensitivity", {"eval.split": split, "eval.order": order, "eval.max_tokens": max_tokens,
+                                            "eval.window": window, "eval.batch_size": batch_size}, settings)
+    spec = eval_spec(data["eval"])
     to_stdout = json_path == "-"
-    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=not to_stdout)
-               for name in models or zoo_names()]
+    announce(console(), "PCM over time and noise scale, gaussian η; moe and all placements", spec.label,
+             stderr=to_stdout)
+    results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout) for name in models or zoo_names()]
     if not write_json(json_path, results):
         typer.echo(markdown(results))

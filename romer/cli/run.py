@@ -5,17 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import typer
+import json
 
-from romer.cli.common import user_errors
+import typer
+from typer.core import TyperCommand
+
+from romer.cli.common import (BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, LIMIT_OPTION, MAX_TOKENS_OPTION,
+                              ORDER_OPTION, PPL_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, WINDOW_OPTION,
+                              announce, data_given, task_data_paths, user_errors)
 from romer.cli.output import console, table
 from romer.errors import UserError
+
+CONFIG_HELP = "Bundled config ({}) or a YAML file; without it: default."
+
+
+class RunCommand(TyperCommand):
+    """`romer run`, whose help lists the bundled configs (read when the help is shown, so that importing the CLI
+    stays light)."""
+
+    def format_help(self, ctx, formatter):
+        from romer.experiment.config_file import bundled_configs
+
+        for param in self.params:
+            if param.name == "config":
+                param.help = CONFIG_HELP.format(", ".join(bundled_configs()))
+        return super().format_help(ctx, formatter)
 
 
 def results_table(rows: list[dict], title: str):
     """The aggregated rows as a terminal table (the markdown table's cells, without the 95 % interval and the
     zero-shot columns, which :func:`accuracy_table` shows); preset, t and placement go into the title when they
-    take one value only. Model, preset and method names are never cut: the numeric columns fold instead."""
+    take one value only. Model, preset and method names are never cut; on a terminal the numeric columns fold, in a
+    pipe the rows are markdown and nothing folds (``romer.cli.output``)."""
     from romer.report.tables import HEADER, cells
 
     constant = {i for i in (1, 2, 3) if len({cells(r)[i] for r in rows}) == 1}
@@ -52,22 +73,79 @@ def _check_models(models: list[str], window: int, batch_size: int, device: str =
         check_fits(resolve_model_dir(name), str(parse_device(device)), dtype, window, batch_size)
 
 
+def setting_lines(config: dict | None) -> tuple[str | None, str | None]:
+    """(the chips, the text) of an experiment config's dict (``ExperimentConfig.model_dump`` or a stored one)."""
+    if not config:
+        return None, None
+    from romer.eval.spec import EvalSpec, text_label
+    from romer.experiment.config import noise_label
+
+    c = config["chip"]
+    presets = ", ".join(noise_label(p["preset"], p.get("overrides") or {}, p.get("label")) for p in c["presets"])
+    times = ", ".join(f"{t:g}" for t in c["t_inference"])
+    chips = (f"{presets} at t = {times} s, {' and '.join(c['placements'])} analog, {c['mapping']} mapping, seeds "
+             f"{c['seed']}…{c['seed'] + c['chips'] - 1}")
+    e = config["eval"]
+    try:
+        text = EvalSpec.from_dict(e).label
+    except (UserError, TypeError):  # a stored config whose data file is not on this machine
+        order = e.get("order") or ("shuffled" if e.get("dataset", "bundled") == "bundled" else "source")
+        text = text_label({**e, "order": order, "tokens": e.get("max_tokens"), "ppl_convention": e.get("ppl")})
+    return chips, text
+
+
 def _print_report(report, out: Path) -> None:
-    console().print(results_table(report.rows, report.title))
+    output = console()
+    announce(output, *setting_lines(report.config))
+    output.print(results_table(report.rows, report.title))
     accuracy = accuracy_table(report.rows)
     if accuracy is not None:
-        console().print(accuracy)
-    console().print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
-                  f"{len(report.plots)} plots in {out / 'plots'})", highlight=False)
+        output.print(accuracy)
+    output.print(f"report: {out / 'report.html'} (tables: results.md, results.csv, results.json; "
+                 f"{len(report.plots)} plots in {out / 'plots'})", highlight=False)
+
+
+def run_overrides(given: dict, settings: list[str], full: bool) -> list[str]:
+    """The config overrides of `romer run`'s options (``SECTION.KEY`` → value, None: not given) followed by the
+    ``--set`` items; ``--full`` is ``eval.max_tokens=null``."""
+    if full and given.get("eval.max_tokens") is not None:
+        raise UserError("--full scores the whole split: leave out --max-tokens")
+    items = ["eval.max_tokens=null"] if full else []
+    for key, value in given.items():
+        if key == "eval.tasks" and isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        if key == "eval.task_data" and value is not None:
+            value = task_data_paths(value)
+        if value is not None:
+            items.append(f"{key}={json.dumps(value)}")
+    return [*items, *settings]
 
 
 @user_errors
 def run_command(
-    config: Optional[str] = typer.Argument(None, help="Bundled config (default, ablations) or a YAML file; "
-                                                      "without it: default."),
-    settings: list[str] = typer.Option([], "--set", help="Config override KEY.SUB=VALUE (YAML value), e.g. "
-                                                          "chip.chips=2 or models=[olmoe-tiny]."),
+    config: Optional[str] = typer.Argument(None, help=CONFIG_HELP.format("default, accuracy, main, ablations, …")),
+    settings: list[str] = typer.Option([], "--set", help="Config override SECTION.KEY=VALUE (a YAML value), after "
+                                                          "the options; e.g. chip.chips=2, models=[olmoe-tiny], "
+                                                          "chip.presets=[{preset: pcm, overrides: "
+                                                          "{prog_noise_scale: 3}}]. See docs/cli.md."),
     full: bool = typer.Option(False, "--full", help="Evaluate on the whole split (eval.max_tokens = null)."),
+    dataset: Optional[str] = DATASET_OPTION,
+    data_path: Optional[str] = DATA_PATH_OPTION,
+    split: Optional[str] = SPLIT_OPTION,
+    order: Optional[str] = ORDER_OPTION,
+    max_tokens: Optional[int] = MAX_TOKENS_OPTION,
+    window: Optional[int] = WINDOW_OPTION,
+    batch_size: Optional[int] = BATCH_OPTION,
+    ppl: Optional[str] = PPL_OPTION,
+    tasks: Optional[str] = TASKS_OPTION,
+    task_data: list[str] = TASK_DATA_OPTION,
+    limit: Optional[int] = LIMIT_OPTION,
+    calibration_dataset: Optional[str] = typer.Option(None, "--calibration-dataset", help=(
+        "Text to calibrate on (calibration.dataset); default: the config's.")),
+    calibration_data_path: Optional[str] = typer.Option(None, "--calibration-data-path", help=(
+        "Local copy of the calibration dataset (calibration.data_path).")),
+    calibration_split: Optional[str] = typer.Option(None, "--calibration-split", help=(
+        "Split to calibrate on (calibration.split); default: the config's.")),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/CONFIG-NAME)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Results store (default OUT/results.sqlite); "
                                                                "trials already in it are skipped."),
@@ -90,8 +168,11 @@ def run_command(
     from romer.report import write_report
     from romer.report.tables import to_json
 
-    loading = [*([f"eval.device={device}"] if device else []), *([f"eval.weights_dtype={dtype}"] if dtype else [])]
-    cfg = load_config(config or "default", [*settings, *(["eval.max_tokens=null"] if full else []), *loading])
+    given = {**data_given(dataset, data_path, split, order, max_tokens, window, batch_size, ppl, tasks, task_data,
+                          limit, device, dtype),
+             "calibration.dataset": calibration_dataset, "calibration.data_path": calibration_data_path,
+             "calibration.split": calibration_split}
+    cfg = load_config(config or "default", run_overrides(given, settings, full))
     backend = backend or cfg.run.backend
     if backend not in ("local", "ray"):
         raise UserError(f"--backend must be local or ray, got {backend!r}")
@@ -102,6 +183,7 @@ def run_command(
     if evaluator is None:
         _check_models(cfg.models, cfg.eval.window, cfg.eval.batch_size, cfg.eval.device, cfg.eval.weights_dtype)
     chips = len(cfg.groups()) // len(cfg.models)
+    announce(console(), *setting_lines(cfg.model_dump(mode="json")))
     console().print(f"{cfg.name}: {cfg.trial_count()} trials ({len(cfg.models)} models × {chips} chips × "
                   f"{len(cfg.methods)} methods), config {cfg.config_hash[:12]}, store {store}", highlight=False)
     try:

@@ -7,66 +7,72 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import (ALLOW_PICKLE_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION, DEVICE_OPTION,
-                              DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION, PRESET_HELP, SEED_OPTION,
-                              SET_OPTION, TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, check_at_least,
-                              check_window, chip_from_options, load_options, user_errors)
+from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION,
+                              DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION, MODEL_OPTION,
+                              ORDER_OPTION, PLACEMENT_OPTION, PRESET_HELP, SEED_OPTION, SET_OPTION, SPLIT_OPTION,
+                              TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label,
+                              data_given, eval_spec, load_options, model_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
-from romer.errors import UserError
+
+TEXT_KEYS = ("dataset", "data_path", "split", "order")
 
 
 @user_errors
 def stats_command(
     model: str = MODEL_OPTION,
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean routing only."),
-    chips: int = typer.Option(5, help="Number of simulated chips."),
-    seed: int = SEED_OPTION,
-    t: float = T_OPTION,
-    placement: str = PLACEMENT_OPTION,
-    mapping: str = MAPPING_OPTION,
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + ". Without it: clean routing only."),
+    chips: Optional[int] = typer.Option(None, "--chips", help="Number of simulated chips (default 5)."),
+    seed: Optional[int] = SEED_OPTION,
+    t: Optional[float] = T_OPTION,
+    placement: Optional[str] = PLACEMENT_OPTION,
+    mapping: Optional[str] = MAPPING_OPTION,
     settings: list[str] = SET_OPTION,
-    dataset: str = DATASET_OPTION,
+    dataset: Optional[str] = DATASET_OPTION,
     data_path: Optional[str] = DATA_PATH_OPTION,
-    split: str = typer.Option("validation", help="Split of the dataset."),
-    max_chars: Optional[int] = typer.Option(None, help="Only the first N characters of the split."),
-    window: int = WINDOW_OPTION,
+    split: Optional[str] = SPLIT_OPTION,
+    order: Optional[str] = ORDER_OPTION,
+    max_tokens: Optional[int] = MAX_TOKENS_OPTION,
+    window: Optional[int] = WINDOW_OPTION,
+    batch_size: Optional[int] = BATCH_OPTION,
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
     plots: Optional[Path] = typer.Option(None, help="Write routing plots (PNG) into this folder."),
-    device: str = DEVICE_OPTION,
-    dtype: str = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     allow_pickle: bool = ALLOW_PICKLE_OPTION,
     trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
 ):
     """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing; weight and
     router-logit SNR, the router-noise account (what a per-expert affine fix can recover) and CIM array load."""
-    from romer.data import load_dataset_text
     from romer.experiment.routing_study import fmt, physical_rows, routing_study
     from romer.models import load_model
     from romer.routing import RoutingStats
 
-    check_window(window)
-    check_at_least("--chips", chips)
-    if settings and not preset:
-        raise UserError("--set needs --preset")
-    chip = chip_from_options(preset, placement, mapping, seed, t, settings) if preset else None
+    data = resolve_settings("stats", {**chip_given(preset, chips, seed, t, placement, mapping),
+                                      **data_given(dataset, data_path, split, order, max_tokens, window,
+                                                   batch_size, device=device, dtype=dtype)}, settings)
+    chip, chips = chip_from(data["chip"])
+    spec = eval_spec(data["eval"])
     to_stdout = json_path == "-"
-    text = load_dataset_text(dataset, data_path, split)[:max_chars]
-    lm, tokenizer = load_model(model, **load_options(device, dtype, device_map, allow_pickle, trust_remote_code))
-    result = routing_study(lm, tokenizer, text, chip, chips=chips, window=window, progress=not to_stdout)
+    lm, tokenizer = load_model(model, **load_options(data["eval"], device_map, allow_pickle, trust_remote_code))
+    out, name = console(), model_label(model)
+    announce(out, chip_label(chip, chips) if chip else "none (clean routing only)", spec.label, stderr=to_stdout)
+    result = routing_study(lm, tokenizer, spec.text(tokenizer), chip, chips=chips, window=spec.window,
+                           batch_size=spec.batch_size, progress=not to_stdout)
     records = result.pop("records")
     if plots is not None:
         from romer.routing.plots import write_routing_plots
 
         write_routing_plots(records["clean"], records.get("noisy", records["clean"]), plots,
-                            prefix=f"{Path(model).name}_")
-    if write_json(json_path, {"model": model, "split": split, "max_chars": max_chars, **result}):
+                            prefix=f"{name}_")
+    described = spec.describe()
+    if write_json(json_path, {"model": model, **{k: described[k] for k in TEXT_KEYS},
+                              "max_tokens": spec.max_tokens, **result}):
         return
     shown = (RoutingStats.from_record(records["noisy"], reference=records["clean"]) if chip
              else RoutingStats.from_record(records["clean"]))
     rows = shown.table_rows()
-    title = f"{model} on {split}: " + (f"chip seed {seed} vs clean ({chip.placement_name()})" if chip else "clean")
-    out = console()
+    title = f"{name}: routing per layer, " + (f"chip seed {chip.seed} vs clean" if chip else "clean")
     out.print(table(title, list(rows[0]), [list(row.values()) for row in rows], keys=()))
     if chip:
         s = result["summary"]

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import check_window, user_errors
+from romer.cli.common import (BATCH_OPTION, ORDER_OPTION, announce, eval_spec, resolve_settings,
+                              user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -81,18 +82,29 @@ def usage_table(title: str, usage: list[dict]):
 @user_errors
 def zoo_card(
     name: str = typer.Argument(..., help="Zoo model (or folder) to describe."),
-    window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of the bundled corpus (default test)."),
+    order: Optional[str] = ORDER_OPTION,
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score only the first N tokens (default: "
+                                                                         "the whole split, as the shipped cards)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Model input length in tokens, including the BOS "
+                                                                 "token (default 512)."),
+    batch_size: Optional[int] = BATCH_OPTION,
+    settings: list[str] = typer.Option([], "--set", help="eval.KEY=VALUE: split, order, max_tokens, window, "
+                                                         "batch_size, dtype; repeatable."),
 ):
     """Measure a zoo model's clean test perplexity, unigram baseline and expert usage; write card.json."""
     from romer.experiment.clean import clean_report, unigram_baseline
     from romer.io import write_json_atomic
     from romer.models import load_model, resolve_model_dir
 
-    check_window(window)
+    data = resolve_settings("card", {"eval.split": split, "eval.order": order, "eval.max_tokens": max_tokens,
+                                     "eval.window": window, "eval.batch_size": batch_size}, settings)
+    spec = eval_spec(data["eval"])
     model, tokenizer = load_model(name)
-    card = clean_report(model, tokenizer, name, window=window, progress=True)
-    card["unigram_ppl"] = unigram_baseline("test")
-    path = write_json_atomic(resolve_model_dir(name) / "card.json", card)
     out = console()
-    out.print(f"{name}: test PPL {card['ppl']:.2f} (unigram {card['unigram_ppl']:.1f}) → {path}")
+    announce(out, "none (the clean model)", spec.label)
+    card = clean_report(model, tokenizer, name, spec, progress=True)
+    card["unigram_ppl"] = unigram_baseline(spec.split)
+    path = write_json_atomic(resolve_model_dir(name) / "card.json", card)
+    out.print(f"{name}: {spec.split} PPL {card['ppl']:.2f} (unigram {card['unigram_ppl']:.1f}) → {path}")
     out.print(usage_table(f"{name}: expert usage per MoE layer", card["usage"]))

@@ -168,7 +168,7 @@ def evaluate_tasks(
         # romer's own output and progress lines stay readable; the captured text is shown if lm-eval fails
         chatter = io.StringIO()
         with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
-                _quiet("lm_eval"):
+                _quiet("lm_eval"), _no_git_subprocess():
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
                 log_samples=False, task_manager=manager, verbosity="ERROR",
@@ -177,6 +177,25 @@ def evaluate_tasks(
     samples = {t: n.get("effective", n.get("original", 0)) if isinstance(n, dict) else n
                for t, n in out.get("n-samples", {}).items()}
     return _parse_results(out["results"], samples, list(task_dict))
+
+
+@contextlib.contextmanager
+def _no_git_subprocess():
+    """lm-eval stamps its results with the working directory's commit by running `git describe`, whose "fatal: not a
+    git repository" goes straight to the terminal (the subprocess writes to the real stderr) once per evaluation
+    outside a repository: for this call only, read the commit from .git as lm-eval's own fallback does."""
+    import importlib
+    import os
+    from unittest import mock
+
+    evaluator = importlib.import_module("lm_eval.evaluator")  # simple_evaluate's module (lm_eval loads it lazily)
+    if not hasattr(evaluator, "get_git_commit_hash"):
+        yield
+        return
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    with mock.patch.object(evaluator, "get_git_commit_hash", lambda: get_commit_from_path(os.getcwd())):
+        yield
 
 
 def summarize(per_chip: Sequence[Mapping[str, TaskScore]],
