@@ -64,9 +64,10 @@ KEY_SPACES: dict[str, dict[str, tuple[str, ...] | None]] = {
     "stats": {"chip": CHIP_KEYS, "eval": TEXT_KEYS},
     "calibrate": {"chip": tuple(k for k in CHIP_KEYS if k != "chips"), "calibration": CALIBRATION_KEYS,
                   "method": None, "eval": LOADING_KEYS},
-    "noise": {"chip": ("overrides",)},
-    "sensitivity": {"eval": ("split", "order", "max_tokens", "window", "batch_size")},
-    "card": {"eval": ("split", "order", "max_tokens", "window", "batch_size", "dtype")},
+    "noise show": {"chip": ("overrides",)},
+    "noise plot": {"chip": ("overrides",)},
+    "noise sensitivity": {"eval": ("split", "order", "max_tokens", "window", "batch_size")},
+    "zoo card": {"eval": ("split", "order", "max_tokens", "window", "batch_size", "dtype")},
 }
 INTEGER_KEYS = {"max_tokens", "window", "batch_size", "task_limit", "chips", "seed", "sequences"}
 SET_HELP = ("SECTION.KEY=VALUE (a YAML value) with the experiment config's keys, after the options; repeatable. "
@@ -188,7 +189,12 @@ def _check_item(item: str, command: str) -> None:
     section, name = parts[0], parts[1]
     sections = ", ".join(f"{s}.*" for s in space)
     if section not in space:
-        raise UserError(f"--set {item}: romer {command} takes {sections}, not {section}.*")
+        hint = ""
+        if "chip" in space and section in CHIP_KEYS:
+            hint = f"; use --set chip.{key.strip()}={value.strip()}"
+        elif "method" in space:
+            hint = f"; a method option is --set method.{key.strip()}={value.strip()}"
+        raise UserError(f"--set {item}: romer {command} takes {sections}, not {section}.*{hint}")
     keys = space[section]
     if keys is not None and name not in keys:
         raise UserError(f"--set {item}: unknown key {section}.{name}; {section} takes {', '.join(keys)}")

@@ -12,8 +12,8 @@ from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION,
                               DEVICE_OPTION, DTYPE_OPTION, LIMIT_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION,
                               MODEL_OPTION, ORDER_OPTION, PLACEMENT_OPTION, PPL_OPTION, PRESET_HELP, SEED_OPTION,
                               SET_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, TRUST_REMOTE_CODE_OPTION,
-                              T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label, data_given, eval_spec,
-                              load_options, model_label, preset_label, resolve_settings, user_errors)
+                              T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label, data_given,
+                              eval_spec, load_options, model_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -28,7 +28,7 @@ def calibrated_label(folder: str) -> str:
     chip_file = Path(folder) / "chip.json"
     try:
         chip = Chip.from_dict(json.loads(chip_file.read_text()) if chip_file.is_file() else plan["chip"])
-        on = f"{preset_label(chip.preset)} at t = {chip.t_inference:g} s, {chip.placement_name()} analog, seed {chip.seed}"
+        on = chip_label(chip)
     except (KeyError, TypeError, ValueError, UserError):
         on = "its chip"
     return f"calibrated folder: {name} on {on} (the chip's read-back weights)"
@@ -85,12 +85,12 @@ def eval_command(
     announce(out, state, spec.label, stderr=to_stdout)
     text = spec.text(tokenizer) if spec.ppl == "windows" else None
     if chip is None:
-        results = [measure(spec, lm, tokenizer, text, f"{name} · {spec.label}", not to_stdout)]
+        results = [measure(spec, lm, tokenizer, text, f"{name}: perplexity", not to_stdout)]
     else:
         from romer.experiment.noisy import over_chips
         from romer.progress import Progress
 
-        with Progress(f"{name} · {spec.label}", count, unit="chips", enabled=not to_stdout) as bar:
+        with Progress(name, count, unit="chips", enabled=not to_stdout) as bar:
             def on_chip(m, i, chip_i):
                 result = measure(spec, m, tokenizer, text, f"chip {i + 1}/{count} (seed {chip_i.seed})",
                                  not to_stdout)

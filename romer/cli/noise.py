@@ -26,7 +26,7 @@ def noise_show(
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """A preset's constants and the spread of the read-back conductance σ(ĝ) at a few times."""
-    chosen = preset_from(preset, resolve_settings("noise", {}, settings)["chip"].get("overrides"))
+    chosen = preset_from(preset, resolve_settings("noise show", {}, settings)["chip"].get("overrides"))
     times = [t for t in SHOW_TIMES_S if t <= chosen.max_t_inference]
     rows = chosen.sigma_table(SHOW_LEVELS, times)
     constants = chosen.describe()
@@ -52,7 +52,7 @@ def noise_plot(
     """Write a PNG: programming / total noise vs conductance, and drift vs time."""
     from romer.noise.plot import plot_preset
 
-    chosen = preset_from(preset, resolve_settings("noise", {}, settings)["chip"].get("overrides"))
+    chosen = preset_from(preset, resolve_settings("noise plot", {}, settings)["chip"].get("overrides"))
     path = plot_preset(chosen, out or Path(f"{chosen.name}_noise.png"))
     console().print(f"wrote {path}")
 
@@ -78,8 +78,9 @@ def noise_sensitivity(
     from romer.models import zoo_names
 
     check_at_least("--chips", chips)
-    data = resolve_settings("sensitivity", {"eval.split": split, "eval.order": order, "eval.max_tokens": max_tokens,
-                                            "eval.window": window, "eval.batch_size": batch_size}, settings)
+    data = resolve_settings("noise sensitivity", {"eval.split": split, "eval.order": order,
+                                                  "eval.max_tokens": max_tokens, "eval.window": window,
+                                                  "eval.batch_size": batch_size}, settings)
     spec = eval_spec(data["eval"])
     to_stdout = json_path == "-"
     announce(console(), "PCM over time and noise scale, gaussian η; moe and all placements", spec.label,

@@ -10,8 +10,9 @@ import typer
 from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION,
                               DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION, MODEL_OPTION,
                               ORDER_OPTION, PLACEMENT_OPTION, PRESET_HELP, SEED_OPTION, SET_OPTION, SPLIT_OPTION,
-                              TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label,
-                              data_given, eval_spec, load_options, model_label, resolve_settings, user_errors)
+                              TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given,
+                              chip_label, data_given, eval_spec, load_options, model_label, resolve_settings,
+                              user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 
 TEXT_KEYS = ("dataset", "data_path", "split", "order")

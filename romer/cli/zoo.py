@@ -97,7 +97,7 @@ def zoo_card(
     from romer.io import write_json_atomic
     from romer.models import load_model, resolve_model_dir
 
-    data = resolve_settings("card", {"eval.split": split, "eval.order": order, "eval.max_tokens": max_tokens,
+    data = resolve_settings("zoo card", {"eval.split": split, "eval.order": order, "eval.max_tokens": max_tokens,
                                      "eval.window": window, "eval.batch_size": batch_size}, settings)
     spec = eval_spec(data["eval"])
     model, tokenizer = load_model(name)
