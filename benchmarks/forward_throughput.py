@@ -30,7 +30,7 @@ import torch
 from scipy.stats import t as student_t
 
 from romer.eval import perplexity, token_windows
-from romer.experiment.evaluate import AUTOCAST, evaluation_text, text_slice
+from romer.eval.spec import AUTOCAST, EvalSpec
 from romer.models import load_model, zoo_names
 from romer.models.sorted_experts import NAME as SORTED_EXPERTS
 from romer.noise.chip import default_chip, program
@@ -83,7 +83,7 @@ def interval(log_ratios: list[float]) -> tuple[float, float]:
 def measure(name: str, windows: int, batch_size: int, window: int, ci: float, min_repeats: int,
             max_repeats: int, dtypes: list[str]) -> dict:
     model, tokenizer = load_model(name)
-    text = text_slice(tokenizer, evaluation_text("test"), windows * (window - 1))
+    text = EvalSpec(max_tokens=windows * (window - 1)).text(tokenizer)
     ids = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
     batch = torch.stack(token_windows(ids, window, tokenizer.bos_token_id))
     modes = _modes(model, tokenizer, text, batch, batch_size, window, dtypes)

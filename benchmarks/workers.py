@@ -22,13 +22,13 @@ import torch
 def evaluate(model_name: str, evaluations: int, threads: int) -> float:
     """Seconds for ``evaluations`` evaluations in this process with ``threads`` torch threads."""
     from romer.eval import perplexity
-    from romer.experiment.evaluate import evaluation_text, text_slice
+    from romer.eval.spec import EvalSpec
     from romer.models import load_model
     from romer.routing import record_routing
 
     torch.set_num_threads(threads)
     model, tokenizer = load_model(model_name)
-    text = text_slice(tokenizer, evaluation_text("test"), 16384)
+    text = EvalSpec(max_tokens=16384).text(tokenizer)
     with torch.no_grad(), record_routing(model):
         perplexity(model, tokenizer, text)  # warm-up
     started = time.perf_counter()

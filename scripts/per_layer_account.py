@@ -38,7 +38,7 @@ from romer.calibrate.config import CalibrationData
 from romer.calibrate.routing_rule import RouterFix
 from romer.eval import perplexity
 from romer.experiment import states
-from romer.experiment.evaluate import evaluation_text, text_slice
+from romer.eval.spec import EvalSpec
 from romer.experiment.regime_map import MODELS, pearson, spearman
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
@@ -58,7 +58,7 @@ def only_layer(plan, index: int):
 @torch.no_grad()
 def measure_model(name: str, scales: list[float], chips: int, max_tokens: int) -> list[dict]:
     model, tokenizer = load_model(name)
-    text = text_slice(tokenizer, evaluation_text("validation"), max_tokens)
+    text = EvalSpec(split="validation", max_tokens=max_tokens).text(tokenizer)
     with record_router_inputs(model) as reference:
         captured = capture_routing(model, tokenizer, text, WINDOW, BATCH)
     method = MethodConfig(name="P1", kind="recalibrate", calibration=CalibrationData(sequences=32))

@@ -52,7 +52,7 @@ def test_eval_documents_convention_scores_each_document_on_its_own(tmp_path, olm
 
 
 def test_eval_tasks_over_two_chips_reports_mean_and_std_of_the_per_chip_accuracy():
-    result = invoke("eval", "--model", "olmoe-tiny", "--max-chars", "3000", "--tasks", "romer_cloze",
+    result = invoke("eval", "--model", "olmoe-tiny", "--max-tokens", "800", "--tasks", "romer_cloze",
                     "--limit", "12", "--preset", "gaussian", "--set", "eta=0.2", "--chips", "2", "--json", "-")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -74,7 +74,7 @@ def test_eval_tasks_over_two_chips_reports_mean_and_std_of_the_per_chip_accuracy
     (["--tasks", "arc_easy"], "arc_easy"),
 ])
 def test_bad_data_options_are_one_line_errors(args, message):
-    result = invoke("eval", "--model", "olmoe-tiny", "--max-chars", "2000", *args)
+    result = invoke("eval", "--model", "olmoe-tiny", "--max-tokens", "500", *args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -20,13 +20,15 @@ def eval_command(
     model: str = MODEL_OPTION,
     dataset: str = DATASET_OPTION,
     data_path: Optional[str] = DATA_PATH_OPTION,
-    split: Optional[str] = typer.Option(None, help="Split of the dataset (default: test; c4: validation)."),
+    split: str = typer.Option("test", help="Split of the dataset."),
+    order: Optional[str] = typer.Option(None, "--order", help="Document order: shuffled (fixed seed) or source; "
+                                                               "default shuffled for bundled, source otherwise."),
     ppl: str = typer.Option("windows", "--ppl", help=PPL_HELP),
     tasks: Optional[str] = typer.Option(None, "--tasks", help=TASKS_HELP),
     task_data: list[str] = typer.Option([], "--task-data", help=TASK_DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items of each zero-shot task."),
-    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Only the first N characters of the split "
-                                                                      "(windows convention)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Only the text's first N tokens "
+                                                                        "(windows convention)."),
     window: int = WINDOW_OPTION,
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + "; without it: clean."),
@@ -60,24 +62,34 @@ def eval_command(
         chip = chip_from_options(preset, placement, mapping, seed, t, settings)
     elif settings:
         raise UserError("--set needs --preset")
-    from romer.eval.suite import EvalSuite, summarize
+    from romer.eval.spec import EvalSpec
+    from romer.eval.suite import measure as measure_spec, summarize
 
-    data = EvalSuite.from_options(dataset, data_path, split, ppl, tasks, task_data, window, batch_size, limit,
-                                  max_chars)
+    paths = {}
+    for item in task_data:
+        task, sep, path = item.partition("=")
+        if not sep or not task.strip() or not path.strip():
+            raise UserError(f"--task-data takes TASK=PATH, got {item!r}")
+        paths[task.strip()] = path.strip()
+    names = tuple(t.strip() for t in (tasks or "").split(",") if t.strip())
+    data = EvalSpec(dataset, data_path, split, order, max_tokens, ppl, window, batch_size, tasks=names,
+                    task_data=paths, task_limit=limit)
     to_stdout = json_path == "-"
     loading = load_options(device, dtype, device_map, allow_pickle, trust_remote_code)
     lm, tokenizer = load(model, **loading)
     if chip is None:
-        results = [data.measure(lm, tokenizer, f"{model} · {data.label}", progress=not to_stdout)]
+        text = None if data.ppl == "none" else data.text(tokenizer)
+        results = [measure_spec(data, lm, tokenizer, text, f"{model} · {data.label}", progress=not to_stdout)]
     else:
         from romer.experiment.noisy import over_chips
         from romer.progress import Progress
 
+        text = None if data.ppl == "none" else data.text(tokenizer)
         with Progress(f"{model} · {data.label}", chips, unit="chips", enabled=not to_stdout) as bar:
             def measure(m, i, chip_i):
-                result = data.measure(m, tokenizer, f"chip {i + 1}/{chips} (seed {chip_i.seed})",
+                result = measure_spec(data, m, tokenizer, text, f"chip {i + 1}/{chips} (seed {chip_i.seed})",
                                       progress=not to_stdout)
-                bar.advance(label=f"seed {chip_i.seed}: PPL {result.ppl.ppl:.2f}")
+                bar.advance(label=f"seed {chip_i.seed}" + ("" if result.ppl is None else f": PPL {result.ppl.ppl:.2f}"))
                 return result
 
             results = over_chips(lm, chip, chips, measure)
@@ -91,7 +103,8 @@ def eval_command(
     title = f"{model} on {data.label}" + (f", {chip.preset.name} chips at t = {t:g} s ({chip.placement_name()})"
                                           if chip else ", clean")
     out = console()
-    out.print(table(title, *ppl_table(payload, chip is not None), keys=()))
+    if data.ppl != "none":
+        out.print(table(title, *ppl_table(payload, chip is not None), keys=()))
     if data.tasks:
         out.print(table(f"{model}: zero-shot accuracy (%), " + ("mean ± std over chips; per chip ± lm-eval stderr"
                                                                 if chip else "± lm-eval stderr"),

@@ -62,7 +62,7 @@ def noise_plot(
 def noise_sensitivity(
     models: Optional[list[str]] = typer.Option(None, "--model", help="Models (default: the whole zoo)."),
     chips: int = typer.Option(3, help="Chips per setting (seeds 0 … CHIPS−1)."),
-    max_chars: int = typer.Option(80_000, help="Characters of the validation split to evaluate."),
+    max_tokens: int = typer.Option(16384, "--max-tokens", help="Tokens of the validation split to evaluate."),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
@@ -71,7 +71,10 @@ def noise_sensitivity(
 
     check_at_least("--chips", chips)
     to_stdout = json_path == "-"
-    results = [sensitivity(name, chips=chips, max_chars=max_chars, progress=not to_stdout)
+    from romer.experiment.sensitivity import SENSITIVITY_SPEC
+
+    spec = SENSITIVITY_SPEC.with_(max_tokens=max_tokens)
+    results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout)
                for name in models or zoo_names()]
     if not write_json(json_path, results):
         typer.echo(markdown(results))

@@ -90,7 +90,9 @@ def zoo_card(
 
     check_window(window)
     model, tokenizer = load_model(name)
-    card = clean_report(model, tokenizer, name, window=window, progress=True)
+    from romer.eval.spec import EvalSpec
+
+    card = clean_report(model, tokenizer, name, EvalSpec(window=window), progress=True)
     card["unigram_ppl"] = unigram_baseline("test")
     path = write_json_atomic(resolve_model_dir(name) / "card.json", card)
     out = console()

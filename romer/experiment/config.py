@@ -142,6 +142,7 @@ class EvalSettings(_Strict):
     dataset: str = "bundled"  # a name of romer.data.DATASETS; data_path its local copy
     data_path: str | None = None
     split: str = "test"
+    order: Literal["shuffled", "source"] | None = None  # romer.eval.spec: None is shuffled for bundled, else source
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
@@ -257,6 +258,8 @@ class ExperimentConfig(_Strict):
         """The hashed content: everything but labels and run options, with each preset resolved to its constants
         (so a preset file's content counts, not its path)."""
         payload = self.model_dump(mode="json", exclude=NOT_HASHED)
+        if payload["eval"]["order"] is None:  # the default order hashes as before the key existed
+            del payload["eval"]["order"]
         for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
             entry["resolved"] = spec.resolved.to_dict()
         return payload

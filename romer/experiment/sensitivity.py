@@ -2,15 +2,14 @@
 placement; the noise level that doubles PPL is interpolated.
 
 Measured on the validation split (the default chip is chosen from these numbers, so the test split stays
-untouched), on the first ``max_chars`` characters to keep a sweep of many chips affordable on a CPU.
+untouched), on its first ``SENSITIVITY_SPEC.max_tokens`` tokens to keep a sweep of many chips affordable on a CPU.
 """
 
 from __future__ import annotations
 
 import math
 
-from romer.data import load_text
-from romer.eval import perplexity
+from romer.eval.spec import EvalSpec
 from romer.experiment.noisy import noisy_perplexity
 from romer.models import load_model
 from romer.noise.chip import Chip
@@ -19,6 +18,7 @@ from romer.progress import Progress
 PCM_TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15e7}
 PCM_SCALES = (1.0, 3.0, 10.0, 20.0)  # prog_noise_scale = read_noise_scale = k, at t = 1 day
 GAUSSIAN_ETAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+SENSITIVITY_SPEC = EvalSpec(split="validation", max_tokens=16384)
 
 
 def doubling_point(levels: list[float], ppls: list[float], clean: float) -> float | None:
@@ -33,26 +33,26 @@ def doubling_point(levels: list[float], ppls: list[float], clean: float) -> floa
     return None
 
 
-def sensitivity(name: str, chips: int = 3, max_chars: int = 80_000, window: int = 512,
+def sensitivity(name: str, chips: int = 3, spec: EvalSpec = SENSITIVITY_SPEC,
                 placements: tuple[str, ...] = ("moe", "all"), progress: bool = False) -> dict:
     """Clean and noisy validation PPL of one model, per placement: PCM at each time of ``PCM_TIMES``, PCM at
     1 day with programming and read noise scaled by ``PCM_SCALES``, and a gaussian η sweep. The same chip seeds
     0 … chips−1 everywhere."""
     model, tokenizer = load_model(name)
-    text = load_text("validation")[:max_chars]
-    clean = perplexity(model, tokenizer, text, window=window).ppl
+    text = spec.text(tokenizer)
+    clean = spec.perplexity(model, tokenizer, text).ppl
 
     bar = Progress(f"{name}: noise sweep", len(placements) * (len(PCM_TIMES) + len(PCM_SCALES) + len(GAUSSIAN_ETAS)),
                    unit="settings", enabled=progress)
 
     def run(chip: Chip) -> dict:
-        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=window)
+        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=spec.window)
         bar.advance(label=f"{chip.preset.name} · {chip.placement_name()}")
         return {"ppl_mean": result["ppl_mean"], "ppl_std": result["ppl_std"], "ppl_per_chip": result["ppl_per_chip"]}
 
     with bar:
-        return _sweep(run, clean, placements) | {"model": name, "split": "validation", "max_chars": max_chars,
-                                                  "window": window, "chips": chips, "clean_ppl": clean}
+        return _sweep(run, clean, placements) | {"model": name, "eval": spec.describe(), "text": spec.label,
+                                                  "chips": chips, "clean_ppl": clean}
 
 
 def _sweep(run, clean: float, placements: tuple[str, ...]) -> dict:
