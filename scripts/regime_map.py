@@ -29,8 +29,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+from romer.estimators import interval, per_chip_gap_recovered
 from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
-                                        headline, interval, merge_cells, present_models, regime_presets)
+                                        headline, merge_cells, present_models, regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -167,10 +168,7 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
         if digital and model in shares:
             noisy, clean = cell["methods"]["noisy"], cell["methods"]["clean"]
             other = digital["methods"]["noisy"]
-            seeds = sorted(set(noisy["seeds"]) & set(other["seeds"]))
-            gaps = [100 * (n - o) / (n - c) for s in seeds
-                    for n, o, c in [(noisy["ppl"][noisy["seeds"].index(s)], other["ppl"][other["seeds"].index(s)],
-                                     clean["ppl"][clean["seeds"].index(s)])] if n > c]
+            gaps = per_chip_gap_recovered(*(dict(zip(m["seeds"], m["ppl"])) for m in (other, noisy, clean)))
             if gaps:
                 points.append({"model": model, "preset": preset, "method": "digital router",
                                "cost_pct": 100 * shares[model], "gap_recovered_pct": interval(gaps)})
