@@ -40,7 +40,7 @@ from romer.eval import perplexity
 from romer.experiment import states
 from romer.eval.spec import EvalSpec
 from romer.estimators import pearson, spearman
-from romer.experiment.regime_map import MODELS
+from romer.studies.regime_map import MODELS
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
 from romer.noise.chip import Chip, default_chip, program

@@ -8,7 +8,7 @@ whose store is absent (stores are not committed) are kept from the existing ``ce
 cell's per-chip PPLs. It writes ``results/regime-map/``:
 
 * ``cells.json``: every cell's per-method per-chip PPLs, reduction / gap-recovered intervals, routing share and
-  SNRs (``romer.experiment.regime_map``), and the headline figures;
+  SNRs (``romer.studies.regime_map``), and the headline figures;
 * ``map.png``: ROMER's PPL reduction per noise preset × placement, one panel per model;
 * ``snr.png``: reduction against the router-logit SNR of the chip (dB), the axis that transfers between models;
 * ``time.png``: reduction against inference time, drift compensation on and off;
@@ -30,7 +30,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from romer.estimators import interval, per_chip_gap_recovered
-from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
+from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
                                         headline, merge_cells, present_models, regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from romer.experiment.stages import STAGES
-from romer.experiment.store import ResultsStore
+from romer.store import ResultsStore
 from romer.io import replace_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]

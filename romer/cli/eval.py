@@ -81,7 +81,7 @@ def eval_command(
         text = None if data.ppl == "none" else data.text(tokenizer)
         results = [measure_spec(data, lm, tokenizer, text, f"{model} · {data.label}", progress=not to_stdout)]
     else:
-        from romer.experiment.noisy import over_chips
+        from romer.studies.noisy import over_chips
         from romer.progress import Progress
 
         text = None if data.ppl == "none" else data.text(tokenizer)

@@ -66,12 +66,13 @@ def noise_sensitivity(
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
-    from romer.experiment.sensitivity import markdown, sensitivity
+    from romer.report.studies import sensitivity_markdown as markdown
+    from romer.studies.sensitivity import sensitivity
     from romer.models import zoo_names
 
     check_at_least("--chips", chips)
     to_stdout = json_path == "-"
-    from romer.experiment.sensitivity import SENSITIVITY_SPEC
+    from romer.studies.sensitivity import SENSITIVITY_SPEC
 
     spec = SENSITIVITY_SPEC.with_(max_tokens=max_tokens)
     results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout)

@@ -85,7 +85,7 @@ def run_command(
     as soon as it is done and a rerun skips stored trials; then write the report (tables, plots, HTML)."""
     from romer.experiment.config_file import load_config
     from romer.experiment.runner import run_experiment
-    from romer.experiment.store import ResultsStore
+    from romer.store import ResultsStore
     from romer.io import write_text_atomic
     from romer.report import write_report
     from romer.report.tables import to_json

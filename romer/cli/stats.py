@@ -41,7 +41,8 @@ def stats_command(
     """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing; weight and
     router-logit SNR, the router-noise account (what a per-expert affine fix can recover) and CIM array load."""
     from romer.data import load_dataset_text
-    from romer.experiment.routing_study import fmt, physical_rows, routing_study
+    from romer.report.studies import fmt, physical_rows
+    from romer.studies.routing_study import routing_study
     from romer.models import load_model
     from romer.routing import RoutingStats
 

@@ -84,7 +84,7 @@ def zoo_card(
     window: int = typer.Option(512, help="Model input length in tokens, including the BOS token."),
 ):
     """Measure a zoo model's clean test perplexity, unigram baseline and expert usage; write card.json."""
-    from romer.experiment.clean import clean_report, unigram_baseline
+    from romer.studies.clean import clean_report, unigram_baseline
     from romer.io import write_json_atomic
     from romer.models import load_model, resolve_model_dir
 

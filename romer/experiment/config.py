@@ -21,7 +21,7 @@ from romer.calibrate.config import CalibrationData, MethodConfig, ablation_metho
 from romer.noise.chip import DEFAULT_CHIP, Chip
 from romer.noise.placement import parse_placement
 from romer.noise.presets import NoisePreset
-from romer.noise.registry import get_preset
+from romer.noise.registry import get_preset, noise_label
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ZOO_MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
@@ -72,15 +72,6 @@ class NoiseSpec(_Strict):
     @property
     def name(self) -> str:
         return noise_label(self.preset, self.overrides, self.label)
-
-
-def noise_label(preset: str, overrides: dict, label: str | None = None) -> str:
-    """A noise spec's name in tables: its label, else the preset (file stem) with its overrides."""
-    if label:
-        return label
-    base = Path(preset).stem if preset.endswith((".yaml", ".yml", ".json")) else preset
-    knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items())
-    return f"{base} ({knobs})" if knobs else base
 
 
 DEFAULT_NOISE = NoiseSpec(preset=DEFAULT_CHIP["preset"], label="pcm×10",

@@ -17,8 +17,8 @@ from collections import defaultdict
 
 from romer.estimators import (finite, gap_recovered_of_means, paired_gap_recovered, paired_reduction,
                               reduction_of_means, t_quantile)
-from romer.experiment.config import noise_label
-from romer.experiment.store import ResultsStore
+from romer.noise.registry import noise_label
+from romer.store import ResultsStore
 from romer.routing.cim_load import VARIANT_TRAFFIC, cim_load, relative_throughput
 
 SETTING = ("model", "preset", "t_inference", "placement")  # store columns

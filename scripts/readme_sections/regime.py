@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
+from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
                                         regime_presets, spearman)
 PLACEMENTS = ("moe", "experts", "all")
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}

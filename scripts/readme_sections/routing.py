@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from romer.experiment.routing_study import fmt
+from romer.report.studies import fmt
 
 from . import SectionError
 

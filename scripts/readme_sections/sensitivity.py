@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from romer.experiment.sensitivity import markdown
+from romer.report.studies import sensitivity_markdown as markdown
 
 from . import SectionError
 

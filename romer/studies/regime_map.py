@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from romer.errors import UserError
-from romer.experiment.store import ResultsStore
+from romer.store import ResultsStore
 from romer.estimators import interval, pearson, per_chip_gap_recovered, per_chip_reduction, spearman
 
 CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
