@@ -12,7 +12,8 @@ Each is measured in ``romer run``'s evaluation dtype (fp32; ``--bf16`` adds bf16
 interleaved (the order of the modes rotates every round) and each round's ratio to the HF forward of the same
 round is taken, so background load on a shared machine hits numerator and denominator alike; rounds continue
 until the 95 % interval of every ratio (Student t over the rounds' log ratios) is narrower than ±``--ci`` %, or
-``--max-repeats``. ``--update-readme`` rewrites the table in benchmarks/README.md between its markers.
+``--max-repeats``. ``--update-readme`` rewrites the table in benchmarks/README.md (the benchmarks' page) between
+its markers.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def main() -> None:
                         help="torch threads (default: torch's, as romer run uses)")
     parser.add_argument("--bf16", action="store_true", help="also measure under bf16 autocast")
     parser.add_argument("--models", nargs="*", default=None)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the forward-throughput table in benchmarks/README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.windows, args.batch_size, args.window, args.ci, args.min_repeats,

@@ -5,7 +5,7 @@ single-threaded worker processes running at the same time.
 
 Each evaluation is one ``romer run`` row's work: perplexity of the first 16,384 test tokens under the routing
 recorder. The parent starts the workers together and waits for each to exit; the wall time of the whole batch is
-compared (the model load is outside the timed part in both). README ("Quick start") quotes the result.
+compared (the model load is outside the timed part in both). docs/experiments.md ("What makes each forward fast") and benchmarks/README.md quote the result.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ tokens (P1 fitted on 32 train windows of 512 tokens: disjoint text), per MoE lay
 
 Writes ``per-layer.json`` (every layer, chip and scale, and the agreement figures: Pearson's r and Spearman's ρ of
 measured against predicted and against damage alone, over all points and without the single largest prediction)
-and ``per-layer.png`` (measured against predicted: all points, and zoomed on the bulk), and prints them. README
-("When ROMER helps") and docs/router-noise.md quote it.
+and ``per-layer.png`` (measured against predicted: all points, and zoomed on the bulk), and prints them.
+docs/regime-map.md ("Reading the map", item 8) and docs/router-noise.md (finding 7) quote it; it writes no
+markdown itself.
 """
 
 from __future__ import annotations

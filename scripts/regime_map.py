@@ -1,4 +1,4 @@
-"""The regime map (README, "When ROMER helps") from the stores of the regime configs.
+"""The regime map (docs/regime-map.md, "When ROMER helps") from the stores of the regime configs.
 
     python scripts/regime_map.py [--results results] [--update-readme]
 
@@ -15,7 +15,9 @@ cell's per-chip PPLs. It writes ``results/regime-map/``:
 * ``pareto.png``: gap recovered against cost (share of the analog weights kept digital or programmed again) for
   every repair on the ``moe`` grid, the digital router read off the paired ``experts`` cells.
 
-``--update-readme`` then rewrites README's ``regime`` section (``scripts/update_readme.py regime``).
+``--update-readme`` (the name kept from when the map lived in README.md) then rewrites the ``regime`` section of
+docs/regime-map.md and README's ``key-result`` section, which quotes the map's headline
+(``scripts/update_readme.py regime key-result``).
 """
 
 from __future__ import annotations
@@ -225,7 +227,8 @@ def build(results: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="then rewrite the regime section of docs/regime-map.md and README's key-result section")
     args = parser.parse_args(argv)
     data = build(args.results)
     out = args.results / "regime-map"
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         from update_readme import main as update
 
-        return update(["regime"])
+        return update(["regime", "key-result"])
     return 0
 
 

@@ -1,7 +1,8 @@
-"""README's "Main result" and "Ablations" tables (markers ``main-result`` and ``ablations``) from the reports
-`romer run` wrote (results/<config>/results.json); a config not run yet renders as a one-line placeholder. The
-deep reference model's rows of the default chip come from ``results/accuracy-deep`` (the accuracy config run
-for olmoe-deep alone) and join the accuracy config's as one more column."""
+"""The results tables: docs/results.md's "Main result" and "Ablations" (markers ``main-result`` and ``ablations``)
+and README's key result (marker ``key-result``), from the reports `romer run` wrote
+(results/<config>/results.json); a config not run yet renders as a one-line placeholder. The deep reference
+model's rows of the default chip come from ``results/accuracy-deep`` (the accuracy config run for olmoe-deep
+alone) and join the accuracy config's as one more column."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 from pathlib import Path
 
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")
+KEY_METHODS = ("clean", "noisy", "recalibration", "romer")  # README's key result: the repair and its working part
+WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 31536000.0: "1 year"}
 DEEP_OUT = "accuracy-deep"  # romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 
 
@@ -104,3 +107,35 @@ def render_ablations(root: Path) -> str:
                 "recalibrate: {layers: [0]}}]\" --out results/per-layer-0`**, layer 0 (deepseekmoe-tiny's is dense)"),
         section(root, "noise-free", None, short_cell, "**`romer run noise-free --out results/noise-free`**, test "
                 "split, a chip without noise (gaussian η = 0)")])
+
+
+def key_cell(r: dict) -> str:
+    if r["kind"] == "clean":
+        return f"{r['ppl_mean']:.2f}"
+    if r["kind"] == "noisy":
+        return f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f}"
+    return f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} ({r['reduction_pct']:+.1f} %)"
+
+
+def render_key(root: Path) -> str:
+    """README's key result: the default chip's clean / noisy / recalibration / ROMER rows of the main result (the
+    accuracy config where it has been run, else main; placement `moe`), and the regime map's headline where
+    results/regime-map/cells.json exists."""
+    config = "accuracy" if _rows(root, "accuracy") else "main"
+    rows = [r for r in _rows(root, config) if r["placement"] == "moe" and r["method"] in KEY_METHODS]
+    if not rows:
+        return f"_{config}: not run yet (`make main-result`)._"
+    r = rows[0]
+    when = WHEN.get(r["t"], f"{r['t']:g} s")
+    parts = [f"Test perplexity (lower is better) on the default chip — {r['preset']}, t = {when}, MoE blocks analog — "
+             f"mean ± std over {r['chips']} chips, {r['tokens']:,} test tokens; in brackets the reduction against "
+             f"noisy. From `romer run {config} --out results/{config}`; regenerate: `make main-result`.\n\n"
+             + table(rows, key_cell)]
+    cells = root / "results" / "regime-map" / "cells.json"
+    if cells.exists():
+        head = json.loads(cells.read_text())["headline"]["romer"]["reduction_pct"]
+        parts.append(f"Over the {head['cells']} cells of the regime map (noise scale, placement, mapping, time) "
+                     f"ROMER lowers PPL by up to {head['up_to']:.1f} % (the best cell: {head['up_to_cell']}) and by "
+                     f"{head['typical']:+.1f} % in the median cell. Regenerate: "
+                     "`make regime-map`.")
+    return "\n\n".join(parts)

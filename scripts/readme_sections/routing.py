@@ -1,4 +1,4 @@
-"""README's routing findings (marker ``routing``) from results/routing/*.json, written by `make routing-study`."""
+"""docs/routing.md's routing findings (marker ``routing``) from results/routing/*.json, written by `make routing-study`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""README's noise-sensitivity table (marker ``sensitivity``) from results/sensitivity/*.json, written by
+"""docs/chips.md's noise-sensitivity table (marker ``sensitivity``) from results/sensitivity/*.json, written by
 `romer noise sensitivity --model M --json results/sensitivity/M.json` (`make sensitivity` does both steps)."""
 
 from __future__ import annotations
