@@ -110,24 +110,36 @@ def row(model, method, kind, placement, ppl, cv, **extra):
             "seeds": [0, 1, 2], "ppl_mean": ppl, "cv_mean": cv, "preset": "pcm×10", "t": 86400.0, **extra}
 
 
+def updater_note(updater) -> str:
+    """The estimator note every results table carries (its wording is not what these tests check)."""
+    import importlib
+
+    return importlib.import_module("readme_sections.results").ESTIMATOR_NOTE
+
+
 def test_main_result_table_from_a_tiny_report(updater, tmp_path):
     rows = [row("olmoe-tiny", "clean", "clean", "moe", 10.0, 0.5),
             row("qwenmoe-tiny", "clean", "clean", "moe", 9.0, 0.3),
             row("olmoe-tiny", "P1", "recalibrate", "moe", 12.3456, 0.4, ppl_std=0.5, reduction_pct=-12.34,
-                gap_recovered_pct=56.7, cv_before_mean=0.8, digital_share=0.05),
+                reduction_ci95=[-20.0, -4.5], gap_recovered_pct=56.7, cv_before_mean=0.8, digital_share=0.05),
+            row("qwenmoe-tiny", "P1", "recalibrate", "moe", 8.5, 0.2, ppl_std=0.1, reduction_pct=None,
+                reduction_of_means_pct=3.25, gap_recovered_pct=None, gap_recovered_of_means_pct=40.4,
+                cv_before_mean=0.5, digital_share=0.0),
             row("olmoe-tiny", "clean", "clean", "all", 11.0, 0.25)]
     (tmp_path / "results/main").mkdir(parents=True)
     (tmp_path / "results/main/results.json").write_text(json.dumps({"rows": rows}))
+    note = updater_note(updater)
     assert updater.SECTIONS["main-result"].render(tmp_path) == (
         "**`romer run main --out results/main`**, test split, placement `moe` — 1000 tokens, 3 chips (seeds 0…), "
-        "window 512:\n\n"
+        f"window 512, float32. {note}\n\n"
         "| method | olmoe-tiny | qwenmoe-tiny |\n"
         "|---|---:|---:|\n"
         "| clean | 10.00 (CV 0.50) | 9.00 (CV 0.30) |\n"
-        "| P1 | 12.35 ± 0.50 · -12.3 % · gap 57 % · CV 0.80→0.40 · dig. 5.0 % | — |\n"
+        "| P1 | 12.35 ± 0.50 · -12.3 % [-20.0, -4.5] · gap 57 % · CV 0.80→0.40 · dig. 5.0 % | "
+        "8.50 ± 0.10 · +3.2 %ᵐ · gap 40 %ᵐ · CV 0.50→0.20 |\n"
         "\n"
         "**`romer run main --out results/main`**, test split, placement `all` — 1000 tokens, 3 chips (seeds 0…), "
-        "window 512:\n\n"
+        f"window 512, float32. {note}\n\n"
         "| method | olmoe-tiny |\n"
         "|---|---:|\n"
         "| clean | 11.00 (CV 0.25) |")
@@ -152,8 +164,9 @@ def test_key_result_from_a_tiny_report(updater, tmp_path):
         "cells": 12, "up_to": 55.55, "up_to_cell": "olmoe-tiny · pcm×50 · moe", "typical": 0.25, "hurts": []}}}}))
     assert updater.SECTIONS["key-result"].render(tmp_path) == (
         "Test perplexity (lower is better) on the default chip — pcm×10, t = 1 day, MoE blocks analog — mean ± std "
-        "over 3 chips, 1,000 test tokens; in brackets the reduction against noisy. From `romer run accuracy --out "
-        "results/accuracy`; regenerate: `make main-result`.\n\n"
+        "over 3 chips, the first 1,000 tokens of the bundled test split in its shuffled order, window 512, scored in "
+        "float32; in brackets the reduction against noisy, paired by chip. From `romer run accuracy --out "
+        f"results/accuracy`; regenerate: `make main-result`. {updater_note(updater)}\n\n"
         "| method | olmoe-tiny |\n"
         "|---|---:|\n"
         "| clean | 10.00 |\n"
