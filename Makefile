@@ -34,6 +34,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check scipy scikit-learn protobuf tqdm requests
 	touch $@
 
+# benchmarks/README.md's forward-throughput and program-speed tables (workers.py prints its result only).
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/forward_throughput.py --update-readme
 	$(PY) benchmarks/program_speed.py --update-readme
@@ -46,44 +47,47 @@ ZOO := olmoe-tiny qwenmoe-tiny deepseekmoe-tiny
 # The deep reference model: its own runs (regime-deep, results/accuracy-deep), since it costs about twice as much.
 DEEP := olmoe-deep
 
-# Re-measure the zoo models' cards (test PPL, unigram baseline, expert usage) and README's table.
+# Re-measure the zoo models' cards (test PPL, unigram baseline, expert usage) and regenerate docs/zoo.md's table.
 zoo-cards: $(VENV)/.installed
 	for m in $(ZOO) $(DEEP); do $(VENV)/bin/romer zoo card $$m || exit 1; done
 	$(PY) scripts/update_readme.py zoo
 
-# Noise sensitivity of the zoo models (validation split) and README's table.
+# Noise sensitivity of the zoo models (validation split) and docs/chips.md's table.
 sensitivity: $(VENV)/.installed
 	mkdir -p results/sensitivity
 	for m in $(ZOO); do $(VENV)/bin/romer noise sensitivity --model $$m --json results/sensitivity/$$m.json || exit 1; done
 	$(PY) scripts/update_readme.py sensitivity
 
-# Routing under the default chip for each zoo model and placement (validation split), and README's findings.
+# Routing under the default chip for each zoo model and placement (validation split), and docs/routing.md's tables.
 routing-study: $(VENV)/.installed
 	mkdir -p results/routing
 	for m in $(ZOO); do for p in moe experts all; do \
-	  $(VENV)/bin/romer stats --model $$m --preset default --placement $$p --chips 3 --max-chars 80000 \
+	  $(VENV)/bin/romer stats --model $$m --preset default --placement $$p --chips 3 --split validation --max-tokens 16384 \
 	    --json results/routing/$$m-$$p.json || exit 1; done; done
 	$(PY) scripts/update_readme.py routing
 
-# README "Main result" and "Ablations": each config resumes from its results store if interrupted.
+# docs/results.md's "Main result" and README's key result; each config resumes from its results store if interrupted.
 main-result: $(VENV)/.installed
 	$(VENV)/bin/romer run accuracy --out results/accuracy
 	$(VENV)/bin/romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 	$(VENV)/bin/romer run main --out results/main
-	$(PY) scripts/update_readme.py main-result
+	$(PY) scripts/update_readme.py main-result key-result
 
+# docs/results.md's "Ablations" tables (ablations, router-digital, per-layer, per-layer-0, noise-free).
 ablations: $(VENV)/.installed
 	for config in ablations router-digital per-layer noise-free; do \
 		$(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(VENV)/bin/romer run per-layer --set "models=[olmoe-tiny, qwenmoe-tiny]" --set "methods=[clean, noisy, {name: P1 layer 0 only, kind: recalibrate, recalibrate: {layers: [0]}}]" --out results/per-layer-0
 	$(PY) scripts/update_readme.py ablations
 
-# README "When ROMER helps": the regime configs (each resumes from its store), then the map, plots and README.
+# docs/regime-map.md ("When ROMER helps"): the regime configs (each resumes from its store), then the map, its
+# plots, the page's tables and README's key-result headline.
 REGIME := regime regime-deep regime-time regime-channel regime-tensor regime-repairs
 regime-map: $(VENV)/.installed
 	for config in $(REGIME); do $(VENV)/bin/romer run $$config --out results/$$config || exit 1; done
 	$(PY) scripts/regime_map.py --update-readme
 
-# README "When ROMER helps", item 8 and docs/router-noise.md finding 7: per-layer routing damage, share and P1 gain.
+# results/router-noise/per-layer.{json,png}, quoted by docs/regime-map.md (item 8) and docs/router-noise.md (finding 7):
+# per-layer routing damage, share and P1 gain.
 per-layer-account: $(VENV)/.installed
 	$(PY) scripts/per_layer_account.py --models $(ZOO) $(DEEP)

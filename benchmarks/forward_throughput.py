@@ -12,7 +12,8 @@ Each is measured in ``romer run``'s evaluation dtype (fp32; ``--bf16`` adds bf16
 interleaved (the order of the modes rotates every round) and each round's ratio to the HF forward of the same
 round is taken, so background load on a shared machine hits numerator and denominator alike; rounds continue
 until the 95 % interval of every ratio (Student t over the rounds' log ratios) is narrower than ±``--ci`` %, or
-``--max-repeats``. ``--update-readme`` rewrites the table in benchmarks/README.md between its markers.
+``--max-repeats``. ``--update-readme`` rewrites the table in benchmarks/README.md (the benchmarks' page) between
+its markers.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from scipy.stats import t as student_t
 
 from romer.eval import perplexity, token_windows
-from romer.experiment.evaluate import AUTOCAST, evaluation_text, text_slice
+from romer.eval.spec import AUTOCAST, EvalSpec
 from romer.models import load_model, zoo_names
 from romer.models.sorted_experts import NAME as SORTED_EXPERTS
 from romer.noise.chip import default_chip, program
@@ -83,7 +84,7 @@ def interval(log_ratios: list[float]) -> tuple[float, float]:
 def measure(name: str, windows: int, batch_size: int, window: int, ci: float, min_repeats: int,
             max_repeats: int, dtypes: list[str]) -> dict:
     model, tokenizer = load_model(name)
-    text = text_slice(tokenizer, evaluation_text("test"), windows * (window - 1))
+    text = EvalSpec(max_tokens=windows * (window - 1)).text(tokenizer)
     ids = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
     batch = torch.stack(token_windows(ids, window, tokenizer.bos_token_id))
     modes = _modes(model, tokenizer, text, batch, batch_size, window, dtypes)
@@ -146,7 +147,8 @@ def main() -> None:
                         help="torch threads (default: torch's, as romer run uses)")
     parser.add_argument("--bf16", action="store_true", help="also measure under bf16 autocast")
     parser.add_argument("--models", nargs="*", default=None)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the forward-throughput table in benchmarks/README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.windows, args.batch_size, args.window, args.ci, args.min_repeats,

@@ -7,7 +7,7 @@ full placements (``moe`` and ``all``). aihwkit is optional: without it only rome
 Beside each romer row: the random-number limit, torch.randn timed for the same number of normal draws in the
 same process right after programming (programming rate / that rate is the issue's yardstick, goal ≥ 0.8).
 
-Usage: python benchmarks/program_speed.py [--update-readme]
+Usage: python benchmarks/program_speed.py [--update-readme]   (rewrites the table in benchmarks/README.md)
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "PLACEMENT"))
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the program-speed table in benchmarks/README.md")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker)))

@@ -269,7 +269,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=2)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoint folder afterwards.")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the real-size table in benchmarks/README.md")
     parser.add_argument("--smoke", action="store_true", help="A small model of the same family (checks the script).")
     parser.add_argument("--layers", type=int, help="Build this many decoder layers of the chosen width (default: "
                         "the published 16; e.g. 4 real-size layers find where memory goes in minutes).")

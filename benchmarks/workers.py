@@ -5,7 +5,7 @@ single-threaded worker processes running at the same time.
 
 Each evaluation is one ``romer run`` row's work: perplexity of the first 16,384 test tokens under the routing
 recorder. The parent starts the workers together and waits for each to exit; the wall time of the whole batch is
-compared (the model load is outside the timed part in both). README ("Quick start") quotes the result.
+compared (the model load is outside the timed part in both). docs/experiments.md ("What makes each forward fast") and benchmarks/README.md quote the result.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch
 def evaluate(model_name: str, evaluations: int, threads: int) -> float:
     """Seconds for ``evaluations`` evaluations in this process with ``threads`` torch threads."""
     from romer.eval import perplexity
-    from romer.experiment.evaluate import evaluation_text, text_slice
+    from romer.eval.spec import EvalSpec
     from romer.models import load_model
     from romer.routing import record_routing
 
     torch.set_num_threads(threads)
     model, tokenizer = load_model(model_name)
-    text = text_slice(tokenizer, evaluation_text("test"), 16384)
+    text = EvalSpec(max_tokens=16384).text(tokenizer)
     with torch.no_grad(), record_routing(model):
         perplexity(model, tokenizer, text)  # warm-up
     started = time.perf_counter()

@@ -14,8 +14,9 @@ tokens (P1 fitted on 32 train windows of 512 tokens: disjoint text), per MoE lay
 
 Writes ``per-layer.json`` (every layer, chip and scale, and the agreement figures: Pearson's r and Spearman's ρ of
 measured against predicted and against damage alone, over all points and without the single largest prediction)
-and ``per-layer.png`` (measured against predicted: all points, and zoomed on the bulk), and prints them. README
-("When ROMER helps") and docs/router-noise.md quote it.
+and ``per-layer.png`` (measured against predicted: all points, and zoomed on the bulk), and prints them.
+docs/regime-map.md ("Reading the map", item 8) and docs/router-noise.md (finding 7) quote it; it writes no
+markdown itself.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from romer.calibrate.config import CalibrationData
 from romer.calibrate.routing_rule import RouterFix
 from romer.eval import perplexity
 from romer.experiment import states
-from romer.experiment.evaluate import evaluation_text, text_slice
-from romer.experiment.regime_map import MODELS, pearson, spearman
+from romer.eval.spec import EvalSpec
+from romer.estimators import pearson, spearman
+from romer.studies.regime_map import MODELS
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.models import load_model
 from romer.noise.chip import Chip, default_chip, program
@@ -58,7 +60,7 @@ def only_layer(plan, index: int):
 @torch.no_grad()
 def measure_model(name: str, scales: list[float], chips: int, max_tokens: int) -> list[dict]:
     model, tokenizer = load_model(name)
-    text = text_slice(tokenizer, evaluation_text("validation"), max_tokens)
+    text = EvalSpec(split="validation", max_tokens=max_tokens).text(tokenizer)
     with record_router_inputs(model) as reference:
         captured = capture_routing(model, tokenizer, text, WINDOW, BATCH)
     method = MethodConfig(name="P1", kind="recalibrate", calibration=CalibrationData(sequences=32))

@@ -1,4 +1,4 @@
-"""The regime map (README, "When ROMER helps") from the stores of the regime configs.
+"""The regime map (docs/regime-map.md, "When ROMER helps") from the stores of the regime configs.
 
     python scripts/regime_map.py [--results results] [--update-readme]
 
@@ -8,14 +8,16 @@ whose store is absent (stores are not committed) are kept from the existing ``ce
 cell's per-chip PPLs. It writes ``results/regime-map/``:
 
 * ``cells.json``: every cell's per-method per-chip PPLs, reduction / gap-recovered intervals, routing share and
-  SNRs (``romer.experiment.regime_map``), and the headline figures;
+  SNRs (``romer.studies.regime_map``), and the headline figures;
 * ``map.png``: ROMER's PPL reduction per noise preset × placement, one panel per model;
 * ``snr.png``: reduction against the router-logit SNR of the chip (dB), the axis that transfers between models;
 * ``time.png``: reduction against inference time, drift compensation on and off;
 * ``pareto.png``: gap recovered against cost (share of the analog weights kept digital or programmed again) for
   every repair on the ``moe`` grid, the digital router read off the paired ``experts`` cells.
 
-``--update-readme`` then rewrites README's ``regime`` section (``scripts/update_readme.py regime``).
+``--update-readme`` (the name kept from when the map lived in README.md) then rewrites the ``regime`` section of
+docs/regime-map.md and README's ``key-result`` section, which quotes the map's headline
+(``scripts/update_readme.py regime key-result``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
-                                        headline, interval, merge_cells, present_models, regime_presets)
+from romer.estimators import interval, per_chip_gap_recovered
+from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, cells_from_store, damage_pct,
+                                        headline, merge_cells, present_models, regime_presets)
 from romer.io import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -167,10 +170,7 @@ def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
         if digital and model in shares:
             noisy, clean = cell["methods"]["noisy"], cell["methods"]["clean"]
             other = digital["methods"]["noisy"]
-            seeds = sorted(set(noisy["seeds"]) & set(other["seeds"]))
-            gaps = [100 * (n - o) / (n - c) for s in seeds
-                    for n, o, c in [(noisy["ppl"][noisy["seeds"].index(s)], other["ppl"][other["seeds"].index(s)],
-                                     clean["ppl"][clean["seeds"].index(s)])] if n > c]
+            gaps = per_chip_gap_recovered(*(dict(zip(m["seeds"], m["ppl"])) for m in (other, noisy, clean)))
             if gaps:
                 points.append({"model": model, "preset": preset, "method": "digital router",
                                "cost_pct": 100 * shares[model], "gap_recovered_pct": interval(gaps)})
@@ -227,7 +227,8 @@ def build(results: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="then rewrite the regime section of docs/regime-map.md and README's key-result section")
     args = parser.parse_args(argv)
     data = build(args.results)
     out = args.results / "regime-map"
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         from update_readme import main as update
 
-        return update(["regime"])
+        return update(["regime", "key-result"])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Time `romer run` on a fresh store and write README's time claim (Quick start, **Time.**) from the measurement.
+"""Time `romer run` on a fresh store and write the time claim (docs/experiments.md, "Time") from the measurement.
 
     python scripts/time_run.py [--out /tmp/fresh] [--update-readme] [-- ROMER-RUN-ARGS …]
 
@@ -6,8 +6,8 @@ Runs ``/usr/bin/time -v .venv/bin/romer run --out OUT …`` after deleting OUT, 
 run's own wall time and its stage seconds (load, clean, program, calibrate, evaluate, summed over the trials,
 i.e. over the workers) from the ``runs`` table; "start-up + report" is the rest of the command's wall time
 (interpreter and imports, config, the report's tables, plots and HTML). The 1-minute load average is read
-before and after. ``--update-readme`` rewrites README.md between ``<!-- run-time:begin -->`` and
-``<!-- run-time:end -->``.
+before and after. ``--update-readme`` (the name kept from when the section lived in README.md) rewrites
+docs/experiments.md between ``<!-- run-time:begin -->`` and ``<!-- run-time:end -->``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import sys
 from pathlib import Path
 
 from romer.experiment.stages import STAGES
-from romer.experiment.store import ResultsStore
+from romer.store import ResultsStore
 from romer.io import replace_between_markers
+from update_readme import page
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = page("run-time", ROOT)  # docs/experiments.md (scripts/update_readme.py, WRITTEN_ELSEWHERE)
 BEGIN, END = "<!-- run-time:begin -->", "<!-- run-time:end -->"
 GOAL_S = 240
 
@@ -78,13 +80,14 @@ def paragraph(m: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/fresh"))
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the run-time section of docs/experiments.md with the measurement")
     parser.add_argument("extra", nargs="*", help="arguments for romer run (after --)")
     args = parser.parse_args()
     text = paragraph(measure(args.out, args.extra))
     print(text)
     if args.update_readme:
-        replace_between_markers(ROOT / "README.md", BEGIN, END, text)
+        replace_between_markers(PAGE, BEGIN, END, text)
 
 
 if __name__ == "__main__":

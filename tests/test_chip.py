@@ -191,7 +191,7 @@ def test_chip_serialises():
 
 
 def test_doubling_point_golden():
-    from romer.experiment.sensitivity import doubling_point
+    from romer.studies.sensitivity import doubling_point
 
     # see the docstring: ln 200 sits 0.5632 of the way from ln 150 to ln 250 → η = 0.1 + 0.05632
     assert doubling_point([0.05, 0.1, 0.2], [120.0, 150.0, 250.0], 100.0) == pytest.approx(0.156317, abs=1e-6)

@@ -12,7 +12,7 @@ import pytest
 
 from romer.experiment.config_file import load_config
 from romer.experiment.runner import run_experiment
-from romer.experiment.store import ResultsStore
+from romer.store import ResultsStore
 from romer.report.tables import to_json
 from romer.report.write import build_report
 

@@ -82,7 +82,7 @@ def test_shared_states_score_as_each_method_on_its_own(rows):
 
     from romer.calibrate import Calibrator, MethodConfig, apply
     from romer.eval import perplexity
-    from romer.experiment.evaluate import evaluation_text, text_slice
+    from romer.eval.spec import EvalSpec
     from romer.models import load_model
     from romer.noise.chip import Chip
 
@@ -92,7 +92,7 @@ def test_shared_states_score_as_each_method_on_its_own(rows):
     chip = Chip.from_dict(group.chip)
     model, tokenizer = load_model("olmoe-tiny")
     model.set_experts_implementation("grouped_mm")  # as the rows were scored
-    text = text_slice(tokenizer, evaluation_text("test"), 2048)
+    text = EvalSpec(max_tokens=2048).text(tokenizer)
     by_name = {m["name"]: MethodConfig.model_validate(m) for m in group.methods}
     with torch.no_grad():
         for name in ("romer", "maxnn-12.5%"):

@@ -19,7 +19,7 @@ import pytest
 
 from romer.experiment.config_file import load_config
 from romer.experiment.runner import pending, resolve_evaluator, run_experiment
-from romer.experiment.store import ResultsStore, git_revision
+from romer.store import ResultsStore, git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["models=[olmoe-tiny, qwenmoe-tiny]", "chip.chips=3", "methods=[clean, noisy, romer, maxnn-12.5%]",
@@ -123,15 +123,13 @@ LAZY = textwrap.dedent("""
     before = "romer.experiment.evaluate" in sys.modules
     evaluate = resolve_evaluator(None)
     from romer.experiment import evaluate as module
-    target = getattr(module, "evaluate_group", None)
-    print(before, "romer.experiment.evaluate" in sys.modules,
-          evaluate is target if target is not None else type(evaluate) is module.Evaluator)
+    print(before, "romer.experiment.evaluate" in sys.modules, type(evaluate) is module.Evaluator)
 """)
 
 
 def test_default_evaluator_resolves_lazily():
     """Importing the runner does not import the evaluator (nor torch models); resolving None imports it then and
-    returns the default evaluator itself (``evaluate_group``, or an ``Evaluator`` instance while that is absent)."""
+    returns a fresh ``Evaluator`` object."""
     out = subprocess.run([sys.executable, "-c", LAZY], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -6,7 +6,8 @@ import pytest
 
 from romer.errors import UserError
 from romer.experiment.config_file import load_config
-from romer.experiment.regime_map import cells_from_store, headline, interval
+from romer.estimators import interval
+from romer.studies.regime_map import cells_from_store, headline
 from romer.experiment.runner import run_experiment
 
 # chip seed → PPL per method, in two presets; pcm×50's romer is worse than noisy on every chip
@@ -69,7 +70,7 @@ def test_missing_store_is_one_clear_error(tmp_path):
 
 
 def test_spearman_by_hand():
-    from romer.experiment.regime_map import spearman
+    from romer.estimators import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -81,7 +82,7 @@ def test_spearman_by_hand():
 
 
 def test_cells_measured_again_replace_the_kept_ones_and_the_rest_are_kept(cells):
-    from romer.experiment.regime_map import merge_cells
+    from romer.studies.regime_map import merge_cells
 
     kept = [dict(cells["pcm×10"], methods={}), dict(cells["pcm×50"], source="regime-time")]
     merged = merge_cells([cells["pcm×10"]], kept)

@@ -56,8 +56,13 @@ def test_aggregate_golden_reduction_gap_and_interval(tmp_path):
     rows = {r["method"]: r for r in aggregate(str(tmp_path / "s.sqlite"))}
     romer = rows["romer"]
     assert romer["chips"] == 2 and romer["ppl_mean"] == 15.5 and romer["ppl_std"] == pytest.approx(0.5 ** 0.5)
-    assert romer["reduction_pct"] == pytest.approx(100 * (1 - 15.5 / 21))  # 26.19 %
-    assert romer["gap_recovered_pct"] == pytest.approx(50.0)  # (21 − 15.5)/(21 − 10)
+    # paired: per chip 1 − 15/20 = 25 % and 1 − 16/22 = 27.27 %, mean 26.14 %, half-width t₀.₉₇₅,₁ · (2.2727/√2)/√2
+    assert romer["reduction_pct"] == pytest.approx((25 + 100 * (1 - 16 / 22)) / 2)
+    assert romer["reduction_ci95"] == pytest.approx([26.1364 - 14.4386, 26.1364 + 14.4386], abs=1e-3)
+    assert romer["reduction_of_means_pct"] == pytest.approx(100 * (1 - 15.5 / 21))  # 26.19 %: its own name
+    assert romer["gap_recovered_pct"] == pytest.approx(50.0)  # (20 − 15)/(20 − 10) and (22 − 16)/(22 − 10)
+    assert romer["gap_recovered_of_means_pct"] == pytest.approx(50.0)  # (21 − 15.5)/(21 − 10)
+    assert romer["ppl_per_chip"] == [15.0, 16.0]
     assert romer["ppl_ci95"] == pytest.approx([15.5 - 6.3531, 15.5 + 6.3531], abs=1e-3)  # t₀.₉₇₅,₁·s/√2
     assert rows["noisy"]["reduction_pct"] == 0.0 and rows["clean"]["gap_recovered_pct"] == 100.0
     assert [r["method"] for r in aggregate(str(tmp_path / "s.sqlite"))] == ["clean", "noisy", "romer"]

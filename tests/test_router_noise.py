@@ -142,7 +142,7 @@ def test_a_chip_run_over_other_tokens_is_refused():
 def studies():
     """The routing study of olmoe-tiny on a short validation text at PCM programming noise ×1 and ×10 (one chip)."""
     from romer.data import load_text
-    from romer.experiment.routing_study import routing_study
+    from romer.studies.routing_study import routing_study
     from romer.models import load_model
     from romer.noise.chip import Chip
 
@@ -159,7 +159,7 @@ def studies():
 def test_study_reports_snr_shares_and_loads_in_range(studies):
     import json
 
-    from romer.experiment.routing_study import physical_rows
+    from romer.report.studies import physical_rows
 
     for result in studies.values():
         json.dumps(result)  # JSON-serialisable, as `romer stats --json` writes it

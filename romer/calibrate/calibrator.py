@@ -1,5 +1,6 @@
 """The Calibrator: a validated method config → fit on calibration tokens run through the chip-programmed model
-→ a Plan. Order (ROMER.md): replacement first, then the router correction fitted on the replaced, programmed model."""
+→ a Plan. Order (our reading of the paper): replacement first, then the router correction fitted on the
+replaced, programmed model."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class ReplaceConfig(_Strict):
 
 
 class RecalibrateConfig(_Strict):
-    """Percentile router-logit recalibration, a digital per-expert affine after the router (ROMER.md step 2).
+    """Percentile router-logit recalibration, a digital per-expert affine after the router (ROMER step 2).
 
     mode quantile (P1): z' = (z − Qn(50))/(Qn(hi) − Qn(lo))·(Qr(hi) − Qr(lo)) + Qr(50) per expert;
     shift (P2): z' = z + Qr(p) − Qn(p), for selection only; token (P3): z'_t = z_t · S_r / Q_p(|z_t|) per token;

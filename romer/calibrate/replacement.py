@@ -1,8 +1,8 @@
 """Expert replacement (ROMER step 1): choose cold slots and hot sources per layer, and the weight surgery.
 
-Variants (ROMER.md): ``replica`` — the hot expert's clean weights are written into the cold slot, which is
-programmed as its own array (fresh noise); the two arrays are driven in parallel and their outputs averaged
-per matrix (½(W_h + W_l) x, i.e. conductance averaging of two independent draws), and the cold slot's router
+Variants (our reading of the paper): ``replica`` — the hot expert's clean weights are written into the cold
+slot, which is programmed as its own array (fresh noise); the two arrays are driven in parallel and their outputs
+averaged per matrix (½(W_h + W_l) x, i.e. conductance averaging of two independent draws), and the cold slot's router
 row can no longer win. ``split`` — same copy, the hot expert's tokens alternate between the two arrays.
 ``redirect`` — no copy; the cold slots are masked, their tokens go to the next-best expert.
 ``prune-duplicate`` — the copy only: tokens that still pick the cold slot get the hot expert's function.

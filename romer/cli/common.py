@@ -66,7 +66,7 @@ KEY_SPACES: dict[str, dict[str, tuple[str, ...] | None]] = {
                   "method": None, "eval": LOADING_KEYS},
     "noise show": {"chip": ("overrides",)},
     "noise plot": {"chip": ("overrides",)},
-    "noise sensitivity": {"eval": ("split", "order", "max_tokens", "window", "batch_size")},
+    "noise sensitivity": {"eval": ("split", "order", "max_tokens", "window")},
     "zoo card": {"eval": ("split", "order", "max_tokens", "window", "batch_size", "dtype")},
 }
 INTEGER_KEYS = {"max_tokens", "window", "batch_size", "task_limit", "chips", "seed", "sequences"}

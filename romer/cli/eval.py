@@ -67,6 +67,7 @@ def eval_command(
     """Perplexity (token PPL, word PPL, bits per byte) and zero-shot accuracy, clean or over simulated chips."""
     from romer import load
     from romer.calibrate.folder import is_calibrated
+    from romer.eval.suite import measure, summarize
 
     data = resolve_settings("eval", {**chip_given(preset, chips, seed, t, placement, mapping),
                                      **data_given(dataset, data_path, split, order, max_tokens, window, batch_size,
@@ -85,15 +86,15 @@ def eval_command(
     announce(out, state, spec.label, stderr=to_stdout)
     text = spec.text(tokenizer) if spec.ppl == "windows" else None
     if chip is None:
-        results = [measure(spec, lm, tokenizer, text, f"{name}: perplexity", not to_stdout)]
+        results = [measure(spec, lm, tokenizer, text, f"{name}: perplexity", progress=not to_stdout)]
     else:
-        from romer.experiment.noisy import over_chips
+        from romer.studies.noisy import over_chips
         from romer.progress import Progress
 
         with Progress(name, count, unit="chips", enabled=not to_stdout) as bar:
             def on_chip(m, i, chip_i):
                 result = measure(spec, m, tokenizer, text, f"chip {i + 1}/{count} (seed {chip_i.seed})",
-                                 not to_stdout)
+                                 progress=not to_stdout)
                 bar.advance(label=f"seed {chip_i.seed}" + ("" if result.ppl is None else
                                                            f": PPL {result.ppl.ppl:.2f}"))
                 return result
@@ -115,30 +116,6 @@ def eval_command(
         out.print(table(f"{name}: zero-shot accuracy (%), " + ("mean ± std over chips; per chip ± lm-eval stderr"
                                                                if chip else "± lm-eval stderr"),
                         *task_table(payload), keys=(0,)))
-
-
-def measure(spec, model, tokenizer, text, description: str, progress: bool):
-    """Perplexity (None with ppl none) and every task of ``spec`` on ``model`` as it is now."""
-    from romer.eval.suite import Measurement
-
-    ppl = None if spec.ppl == "none" else spec.perplexity(model, tokenizer, text, progress=progress,
-                                                           description=description)
-    return Measurement(ppl, spec.task_scores(model, tokenizer))
-
-
-def summarize(results) -> dict:
-    """``romer.eval.suite.summarize`` of the per-chip measurements; without perplexity only the tasks."""
-    from romer.eval.suite import summarize as suite_summarize
-
-    if results[0].ppl is not None:
-        return suite_summarize(results)
-    from dataclasses import replace
-
-    from romer.eval.perplexity import PerplexityResult
-
-    blank = PerplexityResult(window=0, tokens=1, words=1, bytes=1, nll_sum=0.0)
-    summary = suite_summarize([replace(r, ppl=blank) for r in results])
-    return {**{k: None for k in summary if k != "tasks"}, "tasks": summary["tasks"]}
 
 
 def ppl_table(payload: dict, chips: bool) -> tuple[list[str], list[list[str]]]:

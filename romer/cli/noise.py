@@ -62,29 +62,28 @@ def noise_plot(
 def noise_sensitivity(
     models: Optional[list[str]] = typer.Option(None, "--model", help="Models (default: the whole zoo)."),
     chips: int = typer.Option(3, help="Chips per setting (seeds 0 … CHIPS−1)."),
-    split: str = typer.Option("validation", "--split", help="Split of the bundled corpus (default validation: the "
-                                                             "default chip was chosen on it, test stays untouched)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of the bundled corpus (default validation: the "
+                                                              "default chip was chosen on it, test stays untouched)."),
     order: Optional[str] = ORDER_OPTION,
-    max_tokens: Optional[int] = typer.Option(20_000, "--max-tokens", help="Score the text's first N tokens "
-                                                                           "(default 20000)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score the text's first N tokens (default "
+                                                                        "16384)."),
     window: Optional[int] = typer.Option(None, "--window", help="Model input length in tokens (default 512)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8)."),
-    settings: list[str] = typer.Option([], "--set", help="eval.KEY=VALUE: split, order, max_tokens, window, "
-                                                         "batch_size; repeatable."),
+    settings: list[str] = typer.Option([], "--set", help="eval.KEY=VALUE: split, order, max_tokens, window; "
+                                                         "repeatable."),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
-    from romer.experiment.sensitivity import markdown, sensitivity
     from romer.models import zoo_names
+    from romer.report.studies import sensitivity_markdown
+    from romer.studies.sensitivity import SENSITIVITY_SPEC, sensitivity
 
     check_at_least("--chips", chips)
     data = resolve_settings("noise sensitivity", {"eval.split": split, "eval.order": order,
-                                                  "eval.max_tokens": max_tokens, "eval.window": window,
-                                                  "eval.batch_size": batch_size}, settings)
-    spec = eval_spec(data["eval"])
+                                                  "eval.max_tokens": max_tokens, "eval.window": window}, settings)
+    spec = eval_spec(data["eval"], split=SENSITIVITY_SPEC.split, max_tokens=SENSITIVITY_SPEC.max_tokens)
     to_stdout = json_path == "-"
     announce(console(), "PCM over time and noise scale, gaussian η; moe and all placements", spec.label,
              stderr=to_stdout)
     results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout) for name in models or zoo_names()]
     if not write_json(json_path, results):
-        typer.echo(markdown(results))
+        typer.echo(sensitivity_markdown(results))

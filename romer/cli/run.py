@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from romer.cli.common import (BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, LIMIT_OPTION, MAX_TOKENS_OPTION,
-                              ORDER_OPTION, PPL_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, WINDOW_OPTION,
+                              ORDER_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, WINDOW_OPTION,
                               announce, data_given, task_data_paths, user_errors)
 from romer.cli.output import console, table
 from romer.errors import UserError
@@ -78,7 +78,7 @@ def setting_lines(config: dict | None) -> tuple[str | None, str | None]:
     if not config:
         return None, None
     from romer.eval.spec import EvalSpec, text_label
-    from romer.experiment.config import noise_label
+    from romer.noise.registry import noise_label
 
     c = config["chip"]
     presets = ", ".join(noise_label(p["preset"], p.get("overrides") or {}, p.get("label")) for p in c["presets"])
@@ -90,7 +90,7 @@ def setting_lines(config: dict | None) -> tuple[str | None, str | None]:
         text = EvalSpec.from_dict(e).label
     except (UserError, TypeError):  # a stored config whose data file is not on this machine
         order = e.get("order") or ("shuffled" if e.get("dataset", "bundled") == "bundled" else "source")
-        text = text_label({**e, "order": order, "tokens": e.get("max_tokens"), "ppl_convention": e.get("ppl")})
+        text = text_label({**e, "order": order, "tokens": e.get("max_tokens"), "ppl_convention": e.get("ppl") or "windows"})
     return chips, text
 
 
@@ -136,7 +136,6 @@ def run_command(
     max_tokens: Optional[int] = MAX_TOKENS_OPTION,
     window: Optional[int] = WINDOW_OPTION,
     batch_size: Optional[int] = BATCH_OPTION,
-    ppl: Optional[str] = PPL_OPTION,
     tasks: Optional[str] = TASKS_OPTION,
     task_data: list[str] = TASK_DATA_OPTION,
     limit: Optional[int] = LIMIT_OPTION,
@@ -163,12 +162,12 @@ def run_command(
     as soon as it is done and a rerun skips stored trials; then write the report (tables, plots, HTML)."""
     from romer.experiment.config_file import load_config
     from romer.experiment.runner import run_experiment
-    from romer.experiment.store import ResultsStore
+    from romer.store import ResultsStore
     from romer.io import write_text_atomic
     from romer.report import write_report
     from romer.report.tables import to_json
 
-    given = {**data_given(dataset, data_path, split, order, max_tokens, window, batch_size, ppl, tasks, task_data,
+    given = {**data_given(dataset, data_path, split, order, max_tokens, window, batch_size, None, tasks, task_data,
                           limit, device, dtype),
              "calibration.dataset": calibration_dataset, "calibration.data_path": calibration_data_path,
              "calibration.split": calibration_split}

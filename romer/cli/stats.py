@@ -15,9 +15,6 @@ from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION,
                               user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 
-TEXT_KEYS = ("dataset", "data_path", "split", "order")
-
-
 @user_errors
 def stats_command(
     model: str = MODEL_OPTION,
@@ -45,7 +42,8 @@ def stats_command(
 ):
     """Per-layer routing statistics (load balance, clean-vs-noisy agreement) and oracle routing; weight and
     router-logit SNR, the router-noise account (what a per-expert affine fix can recover) and CIM array load."""
-    from romer.experiment.routing_study import fmt, physical_rows, routing_study
+    from romer.report.studies import fmt, physical_rows
+    from romer.studies.routing_study import routing_study
     from romer.models import load_model
     from romer.routing import RoutingStats
 
@@ -66,9 +64,8 @@ def stats_command(
 
         write_routing_plots(records["clean"], records.get("noisy", records["clean"]), plots,
                             prefix=f"{name}_")
-    described = spec.describe()
-    if write_json(json_path, {"model": model, **{k: described[k] for k in TEXT_KEYS},
-                              "max_tokens": spec.max_tokens, **result}):
+    if write_json(json_path, {"model": model, "split": spec.split, "eval": spec.describe(), "text": spec.label,
+                              **result}):
         return
     shown = (RoutingStats.from_record(records["noisy"], reference=records["clean"]) if chip
              else RoutingStats.from_record(records["clean"]))

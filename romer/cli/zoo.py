@@ -93,7 +93,7 @@ def zoo_card(
                                                          "batch_size, dtype; repeatable."),
 ):
     """Measure a zoo model's clean test perplexity, unigram baseline and expert usage; write card.json."""
-    from romer.experiment.clean import clean_report, unigram_baseline
+    from romer.studies.clean import clean_report, unigram_baseline
     from romer.io import write_json_atomic
     from romer.models import load_model, resolve_model_dir
 

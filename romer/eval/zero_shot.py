@@ -51,6 +51,10 @@ class TaskScore:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def row(self) -> dict:
+        """The flat form results rows store: ``{acc, acc_norm, acc_stderr, acc_norm_stderr, samples}``."""
+        return {**self.metrics, **{f"{k}_stderr": v for k, v in self.stderr.items()}, "samples": self.samples}
+
 
 @dataclass(frozen=True)
 class MetricSummary:

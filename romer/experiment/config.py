@@ -21,7 +21,7 @@ from romer.calibrate.config import CalibrationData, MethodConfig, ablation_metho
 from romer.noise.chip import DEFAULT_CHIP, Chip
 from romer.noise.placement import parse_placement
 from romer.noise.presets import NoisePreset
-from romer.noise.registry import get_preset
+from romer.noise.registry import get_preset, noise_label
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ZOO_MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
@@ -72,15 +72,6 @@ class NoiseSpec(_Strict):
     @property
     def name(self) -> str:
         return noise_label(self.preset, self.overrides, self.label)
-
-
-def noise_label(preset: str, overrides: dict, label: str | None = None) -> str:
-    """A noise spec's name in tables: its label, else the preset (file stem) with its overrides."""
-    if label:
-        return label
-    base = Path(preset).stem if preset.endswith((".yaml", ".yml", ".json")) else preset
-    knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items())
-    return f"{base} ({knobs})" if knobs else base
 
 
 DEFAULT_NOISE = NoiseSpec(preset=DEFAULT_CHIP["preset"], label="pcm×10",
@@ -142,6 +133,7 @@ class EvalSettings(_Strict):
     dataset: str = "bundled"  # a name of romer.data.DATASETS; data_path its local copy
     data_path: str | None = None
     split: str = "test"
+    order: Literal["shuffled", "source"] | None = None  # romer.eval.spec: None is shuffled for bundled, else source
     max_tokens: int | None = Field(16384, ge=1)
     window: int = Field(512, ge=2)
     batch_size: int = Field(8, ge=1)
@@ -257,6 +249,8 @@ class ExperimentConfig(_Strict):
         """The hashed content: everything but labels and run options, with each preset resolved to its constants
         (so a preset file's content counts, not its path)."""
         payload = self.model_dump(mode="json", exclude=NOT_HASHED)
+        if payload["eval"]["order"] is None:  # the default order hashes as before the key existed
+            del payload["eval"]["order"]
         for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
             entry["resolved"] = spec.resolved.to_dict()
         return payload

@@ -33,9 +33,9 @@ from romer.calibrate import Calibrator, MethodConfig, Plan, observe, plan_cost
 from romer.calibrate.calibrator import Observation, observe_chip
 from romer.calibrate.config import CalibrationData
 from romer.calibrate.data import calibration_windows
-from romer.data import load_dataset_text, load_documents
-from romer.eval import evaluate_tasks, perplexity
+from romer.eval import perplexity
 from romer.eval.perplexity import PerplexityResult
+from romer.eval.spec import EvalSpec
 from romer.experiment import states
 from romer.experiment.stages import StageClock
 from romer.devices import parse_device
@@ -46,30 +46,6 @@ from romer.routing import RoutingRecord, capture_routing, oracle_perplexity, rec
 from romer.routing.stats import coefficient_of_variation
 
 DEFAULT_EVAL = {"split": "test", "max_tokens": 16384, "window": 512, "batch_size": 8, "dtype": "float32"}
-EVAL_ORDER_SEED = 0
-AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # eval dtype → autocast dtype (weights stay float32)
-
-
-def evaluation_text(split: str, dataset: str = "bundled", data_path: str | None = None) -> str:
-    """The bundled split's documents in a fixed shuffled order (seed 0), joined by blank lines: any prefix mixes
-    the corpus's sources (the split files list all Austen chapters first), so a token-capped slice is
-    representative. Any other dataset: its split as GPTQ-style text (``romer.data.load_dataset_text``)."""
-    if dataset != "bundled":
-        return load_dataset_text(dataset, data_path, split)
-    documents = load_documents(split)
-    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)).tolist()
-    return "\n\n".join(documents[i].text for i in order)
-
-
-def text_slice(tokenizer, text: str, max_tokens: int | None) -> str:
-    """The longest prefix of ``text`` whose tokens are the first ``max_tokens`` tokens of the whole text
-    (cut at a token boundary); the whole text when ``max_tokens`` is None."""
-    if max_tokens is None:
-        return text
-    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
-    if len(encoding.ids) <= max_tokens:
-        return text
-    return text[: encoding.offsets[max_tokens - 1][1]]
 
 
 def _cv(record: RoutingRecord) -> float:
@@ -131,26 +107,24 @@ class Evaluator:
         return self._models[key]
 
     def eval_text(self, name: str, spec: dict) -> str:
+        """The evaluation text of ``spec`` (``romer.eval.spec.EvalSpec.text``) for this model's tokenizer, once."""
         _, tokenizer = self.model(name)
-        source = (spec.get("dataset", "bundled"), spec.get("data_path"), spec["split"])
-        return self._memo(("text", name, *source, spec.get("max_tokens")),
-                          lambda: text_slice(tokenizer, evaluation_text(source[2], *source[:2]), spec.get("max_tokens")))
+        evaluation = EvalSpec.from_dict(spec)
+        return self._memo(("text", name, evaluation.dataset, evaluation.data_path, evaluation.split,
+                           evaluation.resolved_order, evaluation.max_tokens), lambda: evaluation.text(tokenizer))
 
     def tasks(self, model, tokenizer, spec: dict) -> dict:
         """``{task: {acc, acc_norm, acc_stderr, …, samples}}`` of the model as it is now, or {} without tasks."""
-        if not spec.get("tasks"):
+        evaluation = EvalSpec.from_dict(spec)
+        if not evaluation.tasks:
             return {}
         with self.clock("tasks"):
-            scores = evaluate_tasks(model, tokenizer, spec["tasks"], spec.get("task_data") or None,
-                                    limit=spec.get("task_limit"))
-        return {task: {**score.metrics, **{f"{k}_stderr": v for k, v in score.stderr.items()},
-                       "samples": score.samples} for task, score in scores.items()}
+            scores = evaluation.task_scores(model, tokenizer)
+        return {task: score.row() for task, score in scores.items()}
 
     def precision(self, spec: dict):
         """The evaluation's numeric context: autocast to ``spec["dtype"]`` unless that is float32."""
-        dtype = AUTOCAST[spec.get("dtype", "float32")]
-        device_type = parse_device(spec.get("device", "cpu")).type
-        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+        return EvalSpec.from_dict(spec).precision(parse_device(spec.get("device", "cpu")).type)
 
     def clean(self, name: str, spec: dict):
         """(captured clean routing with its PPL, clean routing record) on the evaluation text."""

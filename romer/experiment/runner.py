@@ -4,7 +4,8 @@ The evaluator is any callable ``(TrialGroup, set of method names) → iterator o
 ``{"method", "ppl", "word_ppl", "bits_per_byte", "tokens", "cv", "cv_before", "digital_share", "plan",
 "seconds", …}``), yielded as soon as each is done; each result is stored in its own transaction at once, so an
 interrupted run loses at most the trial in progress and a rerun skips the stored ones. The default evaluator is
-``romer.experiment.evaluate:evaluate_group``, imported only when needed.
+a fresh ``romer.experiment.evaluate.Evaluator``; a ``"module:name"`` string (the CLI's hidden ``--evaluator``, for
+tests) names one to import.
 
 Ray backend: ``ray.init(address)`` (a local cluster of ``workers`` CPUs without dashboard when no address is
 given), one actor per worker holding its own evaluator (models loaded once per actor), one streaming task per
@@ -24,10 +25,9 @@ from pathlib import Path
 
 from romer.errors import UserError
 from romer.experiment.config import ExperimentConfig, TrialGroup
-from romer.experiment.store import ResultsStore, provenance
+from romer.store import ResultsStore, provenance
 from romer.progress import Progress
 
-DEFAULT_EVALUATOR = "romer.experiment.evaluate:evaluate_group"
 Evaluator = Callable[[TrialGroup, set], Iterator[dict]]
 
 
@@ -43,21 +43,21 @@ class RunSummary:
     seconds: float
 
 
-def resolve_evaluator(spec: Evaluator | str | None = None) -> Evaluator:
-    """A callable as is; ``"module:name"`` imported (a class is instantiated once, so it can cache models).
-    The default falls back to ``romer.experiment.evaluate:Evaluator`` while ``evaluate_group`` does not exist."""
-    spec = DEFAULT_EVALUATOR if spec is None else spec
-    if callable(spec):
-        return spec
-    module_name, sep, attr = spec.partition(":")
+def resolve_evaluator(evaluator: Evaluator | str | None = None) -> Evaluator:
+    """The evaluator object: a callable as is, None a fresh :class:`romer.experiment.evaluate.Evaluator`, and
+    ``"module:name"`` imported (a class is instantiated once, so it can cache models)."""
+    if evaluator is None:
+        from romer.experiment.evaluate import Evaluator as Default
+
+        return Default()
+    if callable(evaluator):
+        return evaluator
+    module_name, sep, attr = evaluator.partition(":")
     if not sep:
-        raise UserError(f"evaluator {spec!r}: expected 'module:name'")
-    module = importlib.import_module(module_name)
-    target = getattr(module, attr, None)
-    if target is None and spec == DEFAULT_EVALUATOR:
-        target = getattr(module, "Evaluator", None)
+        raise UserError(f"evaluator {evaluator!r}: expected 'module:name'")
+    target = getattr(importlib.import_module(module_name), attr, None)
     if target is None:
-        raise UserError(f"evaluator {spec!r}: {module_name} has no {attr!r}")
+        raise UserError(f"evaluator {evaluator!r}: {module_name} has no {attr!r}")
     return target() if isinstance(target, type) else target
 
 

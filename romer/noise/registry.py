@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -55,3 +56,12 @@ def preset_from_dict(data: dict[str, Any]) -> NoisePreset:
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise UserError("a noise preset dict needs a 'name' key")
     return _build(data["name"], {k: v for k, v in data.items() if k != "name"})
+
+
+def noise_label(preset: str, overrides: dict, label: str | None = None) -> str:
+    """A noise spec's name in tables: its label, else the preset (file stem) with its overrides."""
+    if label:
+        return label
+    base = Path(preset).stem if preset.endswith((".yaml", ".yml", ".json")) else preset
+    knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items())
+    return f"{base} ({knobs})" if knobs else base

@@ -1,10 +1,11 @@
 """From stored trials to table rows: per (model, preset, t, placement, method), statistics over chips.
 
-ppl_mean, ppl_std (sample std over chips), ppl_ci95 = mean ± t₀.₉₇₅,ₙ₋₁ · std/√n (Student t, n chips);
-reduction_pct = 100 · (1 − PPL/PPL_noisy) and gap_recovered_pct = 100 · (PPL_noisy − PPL)/(PPL_noisy − PPL_clean),
-as ratios of chip means over the chip seeds the method, the noisy baseline (method kind "noisy") and the clean
-one (kind "clean") share — paired by seed — or over all their chips when they share none. PPL is per token (no
-unit); inference time t in s; CV is the load-balance coefficient of variation of expert frequencies; accuracy
+ppl_mean, ppl_std (sample std over chips), ppl_ci95 = mean ± t₀.₉₇₅,ₙ₋₁ · std/√n (Student t, n chips), and
+ppl_per_chip (aligned with seeds). Against the noisy baseline (method kind "noisy") and the clean one (kind "clean")
+on the same chip seeds, with the estimators of ``romer.estimators``: reduction_pct and gap_recovered_pct are the
+paired estimator (mean over chips of the per-chip figure; reduction_ci95 / gap_recovered_ci95 its 95 % t-interval,
+reduction_p its t-test p-value), reduction_of_means_pct and gap_recovered_of_means_pct the ratio of chip means. PPL
+is per token (no unit); inference time t in s; CV is the load-balance coefficient of variation of expert frequencies; accuracy
 (zero-shot tasks, when the config has ``eval.tasks``) is lm-eval's acc / acc_norm, mean and std over chips.
 """
 
@@ -14,8 +15,10 @@ import math
 import statistics
 from collections import defaultdict
 
-from romer.experiment.config import noise_label
-from romer.experiment.store import ResultsStore
+from romer.estimators import (finite, gap_recovered_of_means, paired_gap_recovered, paired_reduction,
+                              reduction_of_means, t_quantile)
+from romer.noise.registry import noise_label
+from romer.store import ResultsStore
 from romer.routing.cim_load import VARIANT_TRAFFIC, cim_load, relative_throughput
 
 SETTING = ("model", "preset", "t_inference", "placement")  # store columns
@@ -24,54 +27,8 @@ MEANS = {"word_ppl_mean": "word_ppl", "bits_per_byte_mean": "bits_per_byte", "cv
          "cv_before_mean": "cv_before", "digital_share": "digital_share", "seconds_mean": "seconds"}
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def incomplete_beta(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b), 0 ≤ x ≤ 1."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its CDF
-    F(t) = 1 − ½ I_{df/(df+t²)}(df/2, ½). Golden: t₀.₉₇₅ = 12.706 (df 1), 2.776 (df 4), 2.042 (df 30)."""
-    lo, hi = 0.0, 1e4
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if 1.0 - 0.5 * incomplete_beta(df / 2, 0.5, df / (df + mid * mid)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-
-
 def _mean(values) -> float | None:
-    values = _finite(values)
+    values = finite(values)
     return statistics.fmean(values) if values else None
 
 
@@ -105,12 +62,8 @@ def _baseline(rows_by_method: dict[str, list[dict]], kind: str) -> dict[int, flo
     return {}
 
 
-def _paired(own: dict[int, float], *others: dict[int, float]) -> list[dict[int, float]]:
-    """The per-seed PPL dicts restricted to the seeds all share, or unrestricted when they share none."""
-    shared = set(own).intersection(*others)
-    if not shared:
-        return [own, *others]
-    return [{s: d[s] for s in shared} for d in (own, *others)]
+def _ci(interval: dict) -> list[float] | None:
+    return None if interval["low"] is None else [interval["low"], interval["high"]]
 
 
 def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float],
@@ -126,16 +79,18 @@ def summarise(rows: list[dict], noisy: dict[int, float], clean: dict[int, float]
     out = {"model": first["model"], "preset": first["preset"], "t": first["t_inference"],
            "placement": first["placement"], "method": first["method"], "kind": first["method_kind"],
            "chips": len(rows), "seeds": sorted(r["chip_seed"] for r in rows),
+           "ppl_per_chip": [ppl.get(r["chip_seed"]) for r in sorted(rows, key=lambda r: r["chip_seed"])],
            "tokens": first["metrics"].get("tokens"), "ppl_mean": mean, "ppl_std": std,
            "ppl_ci95": None if half is None else [mean - half, mean + half],
            "reduction_pct": None, "gap_recovered_pct": None}
     if mean is not None and noisy:
-        own, base = _paired(ppl, noisy)
-        out["reduction_pct"] = 100.0 * (1.0 - statistics.fmean(own.values()) / statistics.fmean(base.values()))
+        reduction = paired_reduction(ppl, noisy)
+        out.update(reduction_pct=reduction["mean"], reduction_ci95=_ci(reduction), reduction_p=reduction["p"],
+                   reduction_of_means_pct=reduction_of_means(ppl, noisy))
     if mean is not None and noisy and clean:
-        own, base, ref = _paired(ppl, noisy, clean)
-        p, n_, c = (statistics.fmean(d.values()) for d in (own, base, ref))
-        out["gap_recovered_pct"] = 100.0 * (n_ - p) / (n_ - c) if n_ - c > 0 else None
+        gap = paired_gap_recovered(ppl, noisy, clean)
+        out.update(gap_recovered_pct=gap["mean"], gap_recovered_ci95=_ci(gap),
+                   gap_recovered_of_means_pct=gap_recovered_of_means(ppl, noisy, clean))
     for key, metric in MEANS.items():
         out[key] = _mean(r["metrics"].get(metric) for r in rows)
     accuracy = _accuracy(rows)
@@ -179,7 +134,7 @@ def _accuracy(rows: list[dict]) -> dict[str, dict]:
     for r in rows:
         for task, scores in sorted((r["metrics"].get("tasks") or {}).items()):
             for metric in ("acc", "acc_norm"):
-                values[f"{task} {metric}"] += _finite([scores.get(metric)])
+                values[f"{task} {metric}"] += finite([scores.get(metric)])
     return {k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "chips": len(v)}
             for k, v in values.items() if v}
 

@@ -133,6 +133,10 @@ def _csv_value(value) -> str:
 
 
 def to_json(rows: list[dict], config: dict | None, config_hash: str | None, git: str, versions: dict) -> str:
-    """``{"rows": [...], "config": {...}, "config_hash", "git", "versions"}`` with sorted keys, 2-space indent."""
-    payload = {"rows": rows, "config": config, "config_hash": config_hash, "git": git, "versions": versions}
+    """``{"rows": [...], "config": {...}, "config_hash", "git", "versions", "estimators"}`` with sorted keys, 2-space
+    indent; ``estimators`` names the estimator behind each figure (``romer.estimators.ESTIMATORS``)."""
+    from romer.estimators import ESTIMATORS
+
+    payload = {"rows": rows, "config": config, "config_hash": config_hash, "git": git, "versions": versions,
+               "estimators": ESTIMATORS}
     return json.dumps(clean_floats(payload), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from romer.errors import UserError
-from romer.experiment.store import ResultsStore
+from romer.store import ResultsStore
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.report import html, tables
 from romer.report.aggregate import aggregate_rows, config_orders

@@ -1,8 +1,8 @@
-"""Renderers of README.md's generated sections, one module per source of numbers.
+"""Renderers of the generated sections of README.md and docs/*.md, one module per source of numbers.
 
 Each renderer is ``render(root) -> str``: it reads what the project wrote (``root/results/...`` or the zoo's
 cards) and returns the markdown that goes between the section's ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
-markers. ``scripts/update_readme.py`` maps section names to renderers and rewrites README.md.
+markers. ``scripts/update_readme.py`` maps each section name to its page and renderer and rewrites the page.
 """
 
 

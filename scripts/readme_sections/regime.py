@@ -1,4 +1,5 @@
-"""README's "When ROMER helps" (marker ``regime``) from results/regime-map/cells.json (``make regime-map``)."""
+"""docs/regime-map.md's map (marker ``regime``) from results/regime-map/cells.json (``make regime-map``); image
+paths are relative to docs/."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.experiment.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
+from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
                                         regime_presets, spearman)
 PLACEMENTS = ("moe", "experts", "all")
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}
@@ -103,13 +104,13 @@ def render(root: Path) -> str:
         "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-deep`, `regime-time`, "
         "`regime-channel`, `regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
         "every cell with every method is in `results/regime-map/cells.json`.",
-        "![ROMER's reduction per preset and placement](results/regime-map/map.png)\n\n"
-        "![reduction against router-logit SNR](results/regime-map/snr.png)",
+        "![ROMER's reduction per preset and placement](../results/regime-map/map.png)\n\n"
+        "![reduction against router-logit SNR](../results/regime-map/snr.png)",
         "Noise scale × placement (`moe`: MoE blocks analog, router included; `experts`: router digital; `all`: "
         "attention analog too; olmoe-deep on `regime-deep`'s grid, without PCM ×3). Routing share = oracle routing's gap recovered: how much of the damage is "
         f"routing (shown where the chip raises PPL by ≥ {MIN_DAMAGE_PCT:g} %).\n\n" + _grid(cells),
         "Inference time and drift compensation (`regime-time`, PCM ×10, placement `moe`):\n\n"
-        + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](results/regime-map/time.png)",
+        + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](../results/regime-map/time.png)",
         "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
         + _mapping(mapping),
     ])

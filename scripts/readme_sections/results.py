@@ -1,7 +1,8 @@
-"""README's "Main result" and "Ablations" tables (markers ``main-result`` and ``ablations``) from the reports
-`romer run` wrote (results/<config>/results.json); a config not run yet renders as a one-line placeholder. The
-deep reference model's rows of the default chip come from ``results/accuracy-deep`` (the accuracy config run
-for olmoe-deep alone) and join the accuracy config's as one more column."""
+"""The results tables: docs/results.md's "Main result" and "Ablations" (markers ``main-result`` and ``ablations``)
+and README's key result (marker ``key-result``), from the reports `romer run` wrote
+(results/<config>/results.json); a config not run yet renders as a one-line placeholder. The deep reference
+model's rows of the default chip come from ``results/accuracy-deep`` (the accuracy config run for olmoe-deep
+alone) and join the accuracy config's as one more column."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 from pathlib import Path
 
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")
+KEY_METHODS = ("clean", "noisy", "recalibration", "romer")  # README's key result: the repair and its working part
+WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 31536000.0: "1 year"}
 DEEP_OUT = "accuracy-deep"  # romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 
 
@@ -24,11 +27,34 @@ def table(rows: list[dict], cell, placement: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def reduction(r: dict) -> str:
+    """The PPL reduction against noisy: the paired estimator with its 95 % interval where the row has it, else
+    (rows stored before per-chip PPLs were kept) the ratio of chip means, marked ᵐ."""
+    if r.get("reduction_pct") is not None:
+        ci = r.get("reduction_ci95")
+        return f"{r['reduction_pct']:+.1f} %" + ("" if ci is None else f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
+    value = r.get("reduction_of_means_pct")
+    return "—" if value is None else f"{value:+.1f} %ᵐ"
+
+
+def gap(r: dict) -> str | None:
+    """The share of the noisy − clean gap recovered, paired where the row has it, else the ratio of means (ᵐ)."""
+    if r.get("gap_recovered_pct") is not None:
+        return f"{r['gap_recovered_pct']:.0f} %"
+    value = r.get("gap_recovered_of_means_pct")
+    return None if value is None else f"{value:.0f} %ᵐ"
+
+
+ESTIMATOR_NOTE = ("Reductions and gaps: the paired estimator (mean over chips of the per-chip figure, 95 % "
+                  "Student-t interval in brackets; `romer.estimators`); a figure marked ᵐ is the ratio of chip "
+                  "means, from a run stored before per-chip PPLs were kept (rerun its command for the paired one).")
+
+
 def main_cell(r: dict) -> str:
     if r["kind"] == "clean":
         return f"{r['ppl_mean']:.2f} (CV {r['cv_mean']:.2f})"
     throughput = r.get("throughput_mean")
-    return (f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} · {r['reduction_pct']:+.1f} % · gap {r['gap_recovered_pct']:.0f} %"
+    return (f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} · {reduction(r)} · gap {gap(r) or '—'}"
             f" · CV {r['cv_before_mean']:.2f}→{r['cv_mean']:.2f}"
             + ("" if throughput is None else f" · thr. {throughput:.2f}×")
             + (f" · dig. {100 * r['digital_share']:.1f} %" if r["digital_share"] else ""))
@@ -46,8 +72,8 @@ def accuracy_cell(r: dict) -> str:
 def short_cell(r: dict) -> str:
     if r["kind"] in ("clean", "noisy"):
         return f"{r['ppl_mean']:.2f}"
-    gap = "" if r["gap_recovered_pct"] is None else f", gap {r['gap_recovered_pct']:.0f} %"
-    return f"{r['ppl_mean']:.2f} ({r['reduction_pct']:+.1f} %{gap})"
+    recovered = gap(r)
+    return f"{r['ppl_mean']:.2f} ({reduction(r)}{'' if recovered is None else ', gap ' + recovered})"
 
 
 def section(root: Path, config: str, placement: str | None, cell, intro: str, also: tuple[str, ...] = ()) -> str:
@@ -59,7 +85,8 @@ def section(root: Path, config: str, placement: str | None, cell, intro: str, al
     tokens = {r["tokens"] for r in data}
     chips = {r["chips"] for r in data}
     return (f"{intro} — {'/'.join(map(str, sorted(tokens)))} tokens, {'/'.join(map(str, sorted(chips)))} chips "
-            f"(seeds {data[0]['seeds'][0]}…), window 512:\n\n" + table(data, cell, placement))
+            f"(seeds {data[0]['seeds'][0]}…), window 512, {_dtype(root, config)}. {ESTIMATOR_NOTE}\n\n"
+            + table(data, cell, placement))
 
 
 def render_main(root: Path) -> str:
@@ -80,6 +107,12 @@ def render_main(root: Path) -> str:
                          "config; chance ≈ 0 / 25 %); oracle routing has none (it replays the evaluation tokens' "
                          "clean routing):\n\n" + table(rows, accuracy_cell, p))
     return "\n\n".join(parts)
+
+
+def _dtype(root: Path, config: str) -> str:
+    """The evaluation dtype results/<config>/results.json was scored in (its config's eval.dtype)."""
+    path = root / "results" / config / "results.json"
+    return (json.loads(path.read_text()).get("config") or {}).get("eval", {}).get("dtype", "float32")
 
 
 def _rows(root: Path, config: str, also: tuple[str, ...] = ()) -> list[dict]:
@@ -104,3 +137,37 @@ def render_ablations(root: Path) -> str:
                 "recalibrate: {layers: [0]}}]\" --out results/per-layer-0`**, layer 0 (deepseekmoe-tiny's is dense)"),
         section(root, "noise-free", None, short_cell, "**`romer run noise-free --out results/noise-free`**, test "
                 "split, a chip without noise (gaussian η = 0)")])
+
+
+def key_cell(r: dict) -> str:
+    if r["kind"] == "clean":
+        return f"{r['ppl_mean']:.2f}"
+    if r["kind"] == "noisy":
+        return f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f}"
+    return f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f} ({reduction(r)})"
+
+
+def render_key(root: Path) -> str:
+    """README's key result: the default chip's clean / noisy / recalibration / ROMER rows of the main result (the
+    accuracy config where it has been run, else main; placement `moe`), and the regime map's headline where
+    results/regime-map/cells.json exists."""
+    config = "accuracy" if _rows(root, "accuracy") else "main"
+    rows = [r for r in _rows(root, config) if r["placement"] == "moe" and r["method"] in KEY_METHODS]
+    if not rows:
+        return f"_{config}: not run yet (`make main-result`)._"
+    r = rows[0]
+    when = WHEN.get(r["t"], f"{r['t']:g} s")
+    parts = [f"Test perplexity (lower is better) on the default chip — {r['preset']}, t = {when}, MoE blocks analog — "
+             f"mean ± std over {r['chips']} chips, the first {r['tokens']:,} tokens of the bundled test split in its "
+             f"shuffled order, window 512, scored in {_dtype(root, config)}; in "
+             f"brackets the reduction against noisy, paired by chip. From `romer run {config} --out "
+             f"results/{config}`; regenerate: `make main-result`. {ESTIMATOR_NOTE}\n\n"
+             + table(rows, key_cell)]
+    cells = root / "results" / "regime-map" / "cells.json"
+    if cells.exists():
+        head = json.loads(cells.read_text())["headline"]["romer"]["reduction_pct"]
+        parts.append(f"Over the {head['cells']} cells of the regime map (noise scale, placement, mapping, time) "
+                     f"ROMER lowers PPL by up to {head['up_to']:.1f} % (the best cell: {head['up_to_cell']}) and by "
+                     f"{head['typical']:+.1f} % in the median cell. Regenerate: "
+                     "`make regime-map`.")
+    return "\n\n".join(parts)

@@ -1,11 +1,11 @@
-"""README's routing findings (marker ``routing``) from results/routing/*.json, written by `make routing-study`."""
+"""docs/routing.md's routing findings (marker ``routing``) from results/routing/*.json, written by `make routing-study`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from romer.experiment.routing_study import fmt
+from romer.report.studies import fmt
 
 from . import SectionError
 

@@ -1,4 +1,4 @@
-"""README's "Reference models" section (marker ``zoo``) from the zoo's card.json and training_log.json files.
+"""docs/zoo.md's "Reference models" section (marker ``zoo``) from the zoo's card.json and training_log.json files.
 
 Regenerate the cards first (`romer zoo card NAME` for each model; `make zoo-cards` does both steps).
 """

@@ -132,32 +132,3 @@ def _physical(snr: dict, noise_rows: list[dict], noisy_record: RoutingRecord, cl
                 **{f"throughput_{k}": v["throughput"] for k, v in loads.items()}, "layers": layers}
     return {"snr": snr, "router_noise": noise_rows, "cim_load": {**loads, "pairs": {str(k): v for k, v in pairs.items()}},
             "physical": physical}
-
-
-def fmt(stat: dict, digits: int = 2) -> str:
-    """"mean ± std" of a ``_mean_std`` dict."""
-    if stat["mean"] is None:
-        return "—"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
-def physical_rows(result: dict) -> list[dict]:
-    """Per MoE layer, the study's physical figures as table cells (means over chips): weight SNR of the router and
-    the routed experts, router-logit SNR, router-input anisotropy (the predicted systematic share), the systematic
-    and affine shares of the router noise (weight account / measured), the router's own share of its logit noise
-    and the array utilisation (clean → noisy). Without a chip only the clean inputs' figures."""
-    if "per_layer" not in result:
-        return [{"layer": r["layer"], "anisotropy": f"{r['anisotropy']:.3f}", "mean cos": f"{r['mean_cosine']:.3f}",
-                 "utilisation": f"{c['utilisation']:.3f}"}
-                for r, c in zip(result["router_inputs"], result["cim_load"]["clean"]["layers"])]
-
-    def m(stat: dict, digits: int) -> str:
-        return "—" if stat["mean"] is None else f"{stat['mean']:.{digits}f}"
-
-    return [{"layer": r["layer"], "W SNR dB router/experts": f"{m(r['router_snr_db'], 1)} / {m(r['experts_snr_db'], 1)}",
-             "logit SNR dB": m(r["logit_snr_db"], 1), "anisotropy": f"{r['anisotropy']:.3f}",
-             "systematic W/meas.": f"{m(r['systematic_share'], 2)} / {m(r['measured_systematic_share'], 2)}",
-             "affine W/meas.": f"{m(r['affine_share'], 2)} / {m(r['measured_affine_share'], 2)}",
-             "own noise": m(r["router_own_share"], 2),
-             "utilisation clean→noisy": f"{r['clean_utilisation']:.2f} → {m(r['utilisation'], 2)}"}
-            for r in result["per_layer"]]

@@ -9,7 +9,7 @@ from typing import TypeVar
 from torch import nn
 
 from romer.eval import perplexity
-from romer.eval.suite import mean_std
+from romer.estimators import mean_std
 from romer.noise.chip import Chip, program
 
 T = TypeVar("T")

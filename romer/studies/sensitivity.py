@@ -2,16 +2,15 @@
 placement; the noise level that doubles PPL is interpolated.
 
 Measured on the validation split (the default chip is chosen from these numbers, so the test split stays
-untouched), on the first ``max_chars`` characters to keep a sweep of many chips affordable on a CPU.
+untouched), on its first ``SENSITIVITY_SPEC.max_tokens`` tokens to keep a sweep of many chips affordable on a CPU.
 """
 
 from __future__ import annotations
 
 import math
 
-from romer.data import load_text
-from romer.eval import perplexity
-from romer.experiment.noisy import noisy_perplexity
+from romer.eval.spec import EvalSpec
+from romer.studies.noisy import noisy_perplexity
 from romer.models import load_model
 from romer.noise.chip import Chip
 from romer.progress import Progress
@@ -19,6 +18,8 @@ from romer.progress import Progress
 PCM_TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15e7}
 PCM_SCALES = (1.0, 3.0, 10.0, 20.0)  # prog_noise_scale = read_noise_scale = k, at t = 1 day
 GAUSSIAN_ETAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+LEVELS = {"pcm_times": list(PCM_TIMES), "pcm_scales": list(PCM_SCALES), "gaussian_etas": list(GAUSSIAN_ETAS)}
+SENSITIVITY_SPEC = EvalSpec(split="validation", max_tokens=16384)
 
 
 def doubling_point(levels: list[float], ppls: list[float], clean: float) -> float | None:
@@ -33,26 +34,26 @@ def doubling_point(levels: list[float], ppls: list[float], clean: float) -> floa
     return None
 
 
-def sensitivity(name: str, chips: int = 3, max_chars: int = 80_000, window: int = 512,
+def sensitivity(name: str, chips: int = 3, spec: EvalSpec = SENSITIVITY_SPEC,
                 placements: tuple[str, ...] = ("moe", "all"), progress: bool = False) -> dict:
     """Clean and noisy validation PPL of one model, per placement: PCM at each time of ``PCM_TIMES``, PCM at
     1 day with programming and read noise scaled by ``PCM_SCALES``, and a gaussian η sweep. The same chip seeds
     0 … chips−1 everywhere."""
     model, tokenizer = load_model(name)
-    text = load_text("validation")[:max_chars]
-    clean = perplexity(model, tokenizer, text, window=window).ppl
+    text = spec.text(tokenizer)
+    clean = spec.perplexity(model, tokenizer, text).ppl
 
     bar = Progress(f"{name}: noise sweep", len(placements) * (len(PCM_TIMES) + len(PCM_SCALES) + len(GAUSSIAN_ETAS)),
                    unit="settings", enabled=progress)
 
     def run(chip: Chip) -> dict:
-        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=window)
+        result = noisy_perplexity(model, tokenizer, text, chip, chips, window=spec.window)
         bar.advance(label=f"{chip.preset.name} · {chip.placement_name()}")
         return {"ppl_mean": result["ppl_mean"], "ppl_std": result["ppl_std"], "ppl_per_chip": result["ppl_per_chip"]}
 
     with bar:
-        return _sweep(run, clean, placements) | {"model": name, "split": "validation", "max_chars": max_chars,
-                                                  "window": window, "chips": chips, "clean_ppl": clean}
+        return _sweep(run, clean, placements) | {"model": name, "eval": spec.describe(), "text": spec.label,
+                                                  "chips": chips, "clean_ppl": clean, "levels": LEVELS}
 
 
 def _sweep(run, clean: float, placements: tuple[str, ...]) -> dict:
@@ -74,28 +75,3 @@ def _sweep(run, clean: float, placements: tuple[str, ...]) -> dict:
                             "gaussian": {str(eta): v for eta, v in gaussian[pl].items()},
                             "gaussian_doubling_eta": doubling(gaussian[pl])} for pl in placements},
     }
-
-
-def _cell(v: dict) -> str:
-    return f"{v['ppl_mean']:.2f} ± {v['ppl_std']:.2f}"
-
-
-def _level(x: float | None, levels) -> str:
-    return f"> {max(levels):g}" if x is None else f"{x:.3g}"
-
-
-def markdown(results: list[dict]) -> str:
-    """README table: clean PPL, then per placement PCM over time, PCM with scaled noise at 1 day, and the noise
-    levels that double PPL (mean ± std over chips)."""
-    times, scales = list(PCM_TIMES), [k for k in PCM_SCALES if k != 1.0]
-    head = (["model", "placement", "clean"] + [f"pcm {t}" for t in times] + [f"pcm ×{k:g} (1 day)" for k in scales]
-            + ["pcm scale for 2× PPL", "gaussian η for 2× PPL"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        for pl, row in r["placements"].items():
-            cells = ([f"`{r['model']}`", pl, f"{r['clean_ppl']:.2f}"]
-                     + [_cell(row["pcm_time"][t]) for t in times]
-                     + [_cell(row["pcm_scaled"][str(k)]) for k in scales]
-                     + [_level(row["pcm_doubling_scale"], PCM_SCALES), _level(row["gaussian_doubling_eta"], GAUSSIAN_ETAS)])
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

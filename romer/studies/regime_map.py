@@ -9,7 +9,7 @@ chip, three paired figures:
     gap recovered % = 100 · (PPL_noisy − PPL) / (PPL_noisy − PPL_clean)
     routing share % (oracle routing only) = 100 · (PPL_noisy − PPL_oracle) / (PPL_noisy − PPL_clean)
 
-each reported as the mean over chips with a 95 % Student-t interval (mean ± t₀.₉₇₅,ₙ₋₁ · sd / √n). A cell's
+each reported with the paired estimator of ``romer.estimators`` (the mean over chips, 95 % Student-t interval). A cell's
 physical position is the chips' mean weight SNR per placement group and router-logit SNR (dB, ``snr_db`` of the
 rows: ``romer.noise.snr``), which, unlike a noise-scale knob, transfers between models.
 
@@ -25,27 +25,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from romer.errors import UserError
-from romer.experiment.store import ResultsStore
-from romer.report.aggregate import t_quantile
+from romer.store import ResultsStore
+from romer.estimators import interval, pearson, per_chip_gap_recovered, per_chip_reduction, spearman
 
 CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")  # the map's models, in table order
 GRID_SOURCES = ("regime", "regime-deep")  # configs whose cells form the noise scale × placement grid
 MIN_DAMAGE_PCT = 5.0  # gap-recovered figures are read only where the chip raised PPL by at least this, % of clean
 SNR_KEYS = ("router", "routed_experts", "router_logits")
-
-
-def interval(values: list[float]) -> dict:
-    """{"mean", "low", "high", "n"}: mean and 95 % Student-t interval of per-chip values (no interval for n < 2)."""
-    values = [v for v in values if math.isfinite(v)]
-    n = len(values)
-    if not n:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1}
-    half = t_quantile(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def _by_kind(rows: list[dict], kind: str) -> dict[int, float]:
@@ -59,8 +46,9 @@ def _cell(key: tuple, rows: list[dict], source: str) -> dict:
         own = {r["chip_seed"]: r for r in rows if r["method"] == name and r["ppl"] is not None}
         seeds = sorted(set(own) & set(noisy) & set(clean))
         ppl = [own[s]["ppl"] for s in seeds]
-        reduction = [100.0 * (1.0 - own[s]["ppl"] / noisy[s]) for s in seeds]
-        gap = [100.0 * (noisy[s] - own[s]["ppl"]) / (noisy[s] - clean[s]) for s in seeds if noisy[s] > clean[s]]
+        paired = {s: own[s]["ppl"] for s in seeds}
+        reduction = per_chip_reduction(paired, noisy)
+        gap = per_chip_gap_recovered(paired, noisy, clean)
         cost = {k: statistics.fmean(own[s]["metrics"].get(k) or 0.0 for s in seeds) if seeds else None
                 for k in ("digital_share", "extra_analog_share")}
         methods[name] = {"kind": own[seeds[0]]["method_kind"] if seeds else None, "seeds": seeds, "ppl": ppl, **cost,
@@ -148,37 +136,6 @@ def _label(cell: dict) -> str:
     if cell["t"] != 86400:
         parts.append(f"t = {cell['t']:g} s")
     return " · ".join(parts)
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (ties get their mean rank): Pearson's r of the ranks; NaN below 3 pairs."""
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} x values but {len(y)} y values")
-    if len(x) < 3:
-        return math.nan
-
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2 + 1
-            i = j + 1
-        return out
-
-    return pearson(ranks(x), ranks(y))
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    """Pearson's r; NaN when either side does not vary."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
 
 
 def regime_presets(config: str = "regime") -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from romer.data import load_text
-from romer.eval import perplexity
+from romer.eval.spec import EvalSpec
 from romer.models.view import moe_config, moe_layers
 from romer.routing import record_routing
 
@@ -36,15 +36,15 @@ def model_facts(model) -> dict:
     }
 
 
-def clean_report(model, tokenizer, label: str, split: str = "test", window: int = 512, batch_size: int = 8,
-                 progress: bool = False) -> dict:
-    """Clean perplexity (token, word, bits/byte) and per-layer expert usage of one model on one split."""
+def clean_report(model, tokenizer, label: str, spec: EvalSpec = EvalSpec(), progress: bool = False) -> dict:
+    """Clean perplexity (token, word, bits/byte) and per-layer expert usage of one model on ``spec``'s text (by
+    default the whole bundled test split, in the spec's shuffled order)."""
     with record_routing(model) as record:
-        result = perplexity(model, tokenizer, load_text(split), window=window, batch_size=batch_size,
-                            progress=progress, description=f"{label} · {split}")
+        result = spec.perplexity(model, tokenizer, progress=progress, description=f"{label} · {spec.split}")
     return {
         "model": label,
-        "split": split,
+        "split": spec.split,
+        "eval": spec.describe(),
         **model_facts(model),
         **result.to_dict(),
         "usage": record.usage().summary(),
