@@ -51,8 +51,9 @@ def __getattr__(name: str):
         value = getattr(_importlib.import_module(home), name)
         globals()[name] = value  # later look-ups skip this function
         return value
-    if not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
-        return _importlib.import_module(f"{__name__}.{name}")  # a subpackage (romer.calibrate, romer.estimators, …)
+    submodule = f"{__name__}.{name}"  # a subpackage or module: romer.calibrate, romer.estimators, …
+    if name.isidentifier() and not name.startswith("_") and _importlib_util.find_spec(submodule) is not None:
+        return _importlib.import_module(submodule)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

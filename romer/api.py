@@ -82,7 +82,7 @@ def default_chip(seed: int = 0, *, scale: float | None = None, **overrides):
 
     ``scale`` sets both PCM noise scales (``prog_noise_scale`` and ``read_noise_scale``: "PCM ×scale");
     ``overrides`` change any other option of ``Chip.from_options`` (preset, placement, mapping, t_inference) or
-    knob of the preset.
+    knob of the preset; another preset starts from its own knobs (the ×10 belongs to PCM).
 
     >>> import romer
     >>> chip = romer.default_chip(seed=3)
@@ -90,12 +90,17 @@ def default_chip(seed: int = 0, *, scale: float | None = None, **overrides):
     ('pcm', 'moe', 3, 10.0)
     >>> romer.default_chip(scale=3).preset.read_noise_scale
     3.0
+    >>> romer.default_chip(preset="gaussian", eta=0.05).preset
+    GaussianPreset(eta=0.05)
     """
     from romer.noise.chip import DEFAULT_CHIP, Chip
 
+    base = dict(DEFAULT_CHIP)
+    if overrides.get("preset", base["preset"]) != base["preset"]:
+        base = {k: v for k, v in base.items() if not k.endswith("_scale")}
     if scale is not None:
         overrides = {"prog_noise_scale": scale, "read_noise_scale": scale, **overrides}
-    return Chip.from_options(**{**DEFAULT_CHIP, **overrides, "seed": seed})
+    return Chip.from_options(**{**base, **overrides, "seed": seed})
 
 
 def program(model, chip, clean_store: str = "auto"):
@@ -142,7 +147,8 @@ class Evaluation:
 
     def __str__(self) -> str:
         parts = [] if self.ppl is None else [f"PPL {self.ppl:.2f}"]
-        parts += [f"{name} acc {score.acc:.3f}" for name, score in self.tasks.items()]
+        parts += [f"{name} {metric} {value:.3f}" for name, score in self.tasks.items()
+                  for metric, value in list(score.metrics.items())[-1:]]
         return f"{', '.join(parts)} ({self.spec.label})"
 
 
@@ -152,7 +158,7 @@ def _spec(spec, spec_fields: Mapping):
     if spec is None:
         return EvalSpec(**spec_fields)
     if isinstance(spec, Mapping):
-        return EvalSpec.from_dict({**spec, **spec_fields})
+        spec = EvalSpec.from_dict(spec)
     return spec.with_(**spec_fields) if spec_fields else spec
 
 
@@ -208,6 +214,11 @@ def routing_stats(model, tokenizer, spec=None, *, chip=None, plan=None, **spec_f
     >>> on_chip = romer.routing_stats(model, tokenizer, clean_spec, chip=romer.default_chip())
     >>> 0 < on_chip.overall["jaccard"] < 1
     True
+    >>> ids = tokenizer("Call me Ishmael.", return_tensors="pt").input_ids
+    >>> with romer.record_routing(model) as record:              # any forward passes: raw counts, percentiles
+    ...     _ = model(input_ids=ids)
+    >>> record.tokens == ids.numel(), record.usage().counts.shape       # [MoE layers, experts]
+    (True, torch.Size([4, 64]))
     """
     from romer.routing import RoutingStats, record_routing
 

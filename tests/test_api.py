@@ -148,3 +148,11 @@ def test_bad_methods_are_refused(lm, chip):
         romer.evaluate(model, tokenizer, max_tokens=16, plan=romer.Plan.none())
     noisy = romer.calibrate(model, tokenizer, chip, "noisy")
     assert noisy.method["kind"] == "noisy" and not noisy.changes_routing
+
+
+def test_evaluate_scores_tasks_when_asked(lm):
+    pytest.importorskip("lm_eval")
+    model, tokenizer = lm
+    result = romer.evaluate(model, tokenizer, ppl="none", tasks=["romer_cloze"], task_limit=4)
+    assert result.ppl is None and result.tasks["romer_cloze"].samples == 4
+    assert str(result).startswith("romer_cloze ") and result.to_dict()["tasks"]["romer_cloze"]["samples"] == 4
