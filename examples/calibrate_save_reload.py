@@ -9,8 +9,8 @@ every router's logits to the clean model's percentiles, both fitted on calibrati
 through the programmed model. The folder holds the chip's read-back weights and plan.json; ``romer.load`` installs
 the plan's digital routing corrections again.
 
-Time on a 2-core CPU with olmoe-tiny: about 30 s (64 calibration windows of 512, 16,384 scored tokens);
---quick: about 10 s (4 windows of 128, 256 tokens).
+Time on a 2-core CPU with olmoe-tiny: about 45 s (64 calibration windows of 512, 16,384 scored tokens);
+--quick: about 15 s (4 windows of 128, 256 tokens).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ GPT-OSS layouts). Without it the script first builds a tiny random-weight Qwen3-
 the bundled tokenizer) in a temporary directory, to show the steps: random weights predict nothing, so its
 perplexity sits near the vocabulary size (8192) and the chip barely moves it; a trained model's does not.
 
-Time on a 2-core CPU, random model: about 10 s (--quick: about 5 s, mostly importing torch and transformers).
+Time on a 2-core CPU, random model: about 10 s, --quick too (mostly importing torch and transformers).
 A real checkpoint costs what its forward passes cost: 16,384 tokens (--quick: 256).
 """
 

@@ -8,8 +8,8 @@ Each chip is the default chip (IBM PCM at t = 1 day, MoE blocks analog) with pro
 its own seed; the same seeds serve every scale, so the scales are paired too. A study-sized version of this
 (more methods, models, presets; resumable, parallel) is ``romer run`` with an experiment config.
 
-Time on a 2-core CPU with olmoe-tiny: about 4 min (5 chips × 2 scales, 16,384 scored tokens, 64 calibration
-windows each); --quick: about 15 s (2 chips, 256 tokens, 4 calibration windows of 128).
+Time on a 2-core CPU with olmoe-tiny: about 5 min (5 chips × 2 scales, 16,384 scored tokens, 64 calibration
+windows each); --quick: about 30 s (2 chips, 256 tokens, 4 calibration windows of 128).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from romer.estimators import paired_reduction
 
 
 def fmt(value, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    return f"{value:.{digits}f}"
 
 
 def main() -> None:
@@ -48,8 +48,9 @@ def main() -> None:
             calibrated[seed] = romer.evaluate(model, tokenizer, spec, chip=chip, plan=plan).ppl
             print(f"  PCM ×{scale:g} chip {seed}: noisy {noisy[seed]:.2f}, {args.method} {calibrated[seed]:.2f}")
         r = paired_reduction(calibrated, noisy)
+        spread = f"95 % CI {fmt(r['low'])} … {fmt(r['high'])}, " if r["n"] > 1 else ""
         print(f"PCM ×{scale:g}: {args.method} reduces PPL by {fmt(r['mean'])} % "
-              f"(95 % CI {fmt(r['low'])} … {fmt(r['high'])}, {r['n']} chips)")
+              f"({spread}{r['n']} chip{'s' if r['n'] != 1 else ''})")
 
 
 if __name__ == "__main__":
