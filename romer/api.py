@@ -2,7 +2,7 @@
 
 ``import romer`` exposes these (lazily: no torch until the first one is used) next to the nouns they take and
 return — :class:`~romer.noise.chip.Chip`, :class:`~romer.calibrate.plan.Plan`,
-:class:`~romer.calibrate.config.MethodConfig`, :class:`~romer.eval.spec.EvalSpec`:
+:class:`~romer.calibrate.config.MethodConfig`, :class:`~romer.eval.spec.EvalSpec`.
 
 A study in a few calls (``examples/README.md``; each function's docstring has a runnable example)::
 

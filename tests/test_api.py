@@ -119,11 +119,9 @@ def test_apply_changes_perplexity_and_restores(lm, chip, spec, plan, scores):
     assert romer.evaluate(model, tokenizer, spec).ppl == scores["clean"]  # the routing hooks are gone too
 
 
-def test_romer_calibrated_saved_reloaded_scores_the_same(lm, chip, spec, tmp_path):
+def test_calibrated_saved_reloaded_scores_the_same(lm, chip, spec, plan, tmp_path):
+    """(ROMER itself: examples/calibrate_save_reload.py, run by tests/test_examples.py.)"""
     model, tokenizer = lm
-    plan = romer.calibrate(model, tokenizer, chip, {"kind": "romer", "replace": {"count": 2}}, sequences=4,
-                           window=128)
-    assert [len(r.pairs) for r in plan.replacement] == [2] * 4
     applied = romer.evaluate(model, tokenizer, spec, chip=chip, plan=plan).ppl
     folder = romer.save_calibrated(model, tokenizer, chip, plan, tmp_path / "calibrated")
     reloaded, _ = romer.load(folder)
@@ -148,6 +146,17 @@ def test_bad_methods_are_refused(lm, chip):
         romer.evaluate(model, tokenizer, max_tokens=16, plan=romer.Plan.none())
     noisy = romer.calibrate(model, tokenizer, chip, "noisy")
     assert noisy.method["kind"] == "noisy" and not noisy.changes_routing
+
+
+def test_calibrate_takes_a_method_config_and_merges_calibration_settings(lm, chip):
+    model, tokenizer = lm
+    config = romer.MethodConfig(name="three routers", kind="copies", copies={"count": 3})
+    plan = romer.calibrate(model, tokenizer, chip, config, sequences=2)  # copies: hardware only, nothing observed
+    assert plan.router_copies == 3 and plan.method["name"] == "three routers"
+    assert plan.method["calibration"]["sequences"] == 2 and plan.method["calibration"]["window"] == 512
+    plan = romer.calibrate(model, tokenizer, chip, {"kind": "copies", "calibration": {"window": 64}}, sequences=2)
+    assert plan.method["name"] == "copies" and plan.router_copies == 2
+    assert plan.method["calibration"]["window"] == 64 and plan.method["calibration"]["sequences"] == 2
 
 
 def test_evaluate_scores_tasks_when_asked(lm):

@@ -19,10 +19,11 @@ __all__ = ["Applied", "Calibrator", "Cost", "MethodConfig", "Observation", "Plan
 class _CallablePackage(types.ModuleType):
     """This package's module type: calling it fits a plan (``romer.api.calibrate``)."""
 
-    def __call__(self, model, tokenizer, chip, method="recalibrate", **calibration):
+    def __call__(self, *args, **kwargs):
+        """``romer.api.calibrate(model, tokenizer, chip, method="recalibrate", **calibration)``: a Plan."""
         from romer.api import calibrate
 
-        return calibrate(model, tokenizer, chip, method, **calibration)
+        return calibrate(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallablePackage
