@@ -3,6 +3,10 @@ routing study's cells. Formatting only: nothing here measures."""
 
 from __future__ import annotations
 
+import io
+
+from matplotlib.figure import Figure
+
 
 def _cell(v: dict) -> str:
     return f"{v['ppl_mean']:.2f} ± {v['ppl_std']:.2f}"
@@ -58,3 +62,35 @@ def physical_rows(result: dict) -> list[dict]:
              "own noise": m(r["router_own_share"], 2),
              "utilisation clean→noisy": f"{r['clean_utilisation']:.2f} → {m(r['utilisation'], 2)}"}
             for r in result["per_layer"]]
+
+
+def per_layer_plot(rows: list[dict], figures: dict) -> bytes:
+    """The per-layer account: measured P1 gain against the predicted one, all points and zoomed on the bulk (PNG)."""
+    fig = Figure(figsize=(11, 4.8))
+    scales = sorted({row["scale"] for row in rows})
+    rest = figures["without_largest"]
+    for panel, (title, zoom) in enumerate(((f"all {len(rows)} points: Pearson r = "
+                                            f"{figures['all']['pearson_predicted_gain']:.2f}", False),
+                                           (f"without the largest: r = {rest['pearson_predicted_gain']:.2f}, "
+                                            f"Spearman ρ = {rest['spearman_predicted_gain']:.2f}", True))):
+        ax = fig.add_subplot(1, 2, panel + 1)
+        for k, name in enumerate(dict.fromkeys(row["model"] for row in rows)):
+            for j, scale in enumerate(scales):
+                pts = [row for row in rows if row["model"] == name and row["scale"] == scale]
+                ax.scatter([100 * p["predicted_gain"] for p in pts], [100 * p["measured_gain"] for p in pts], s=14,
+                           color=f"C{k}", marker="os^D"[j % 4], label=f"{name} ×{scale:g}")
+        shown = sorted(100 * row["predicted_gain"] for row in rows)[:-1] if zoom else [100 * r["damage"] for r in rows]
+        lim = [min(0, *(100 * row["measured_gain"] for row in rows)) if not zoom else -1.0, max(shown)]
+        ax.plot(lim, lim, color="0.6", lw=0.8)
+        if zoom:
+            ax.set_xlim(-0.5, max(shown) * 1.05)
+            ax.set_ylim(-3.5, 6)
+        ax.set_xlabel("predicted: routing damage of layer l × affine share  (% of ln PPL)")
+        ax.set_ylabel("measured: P1 in layer l only  (% of ln PPL)")
+        ax.set_title(title, fontsize=9)
+        if panel == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()

@@ -19,6 +19,7 @@ typical cell (the median over cells) and lists the cells where a method hurts (i
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -33,6 +34,10 @@ MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")  # the
 GRID_SOURCES = ("regime", "regime-deep")  # configs whose cells form the noise scale × placement grid
 MIN_DAMAGE_PCT = 5.0  # gap-recovered figures are read only where the chip raised PPL by at least this, % of clean
 SNR_KEYS = ("router", "routed_experts", "router_logits")
+CONFIGS = ("regime", "regime-deep", "regime-time", "regime-channel", "regime-tensor", "regime-repairs")
+METHODS = ("romer", "recalibration", "replacement", "oracle routing", "maxnn-12.5%", "least squares")
+REPAIRS = ("recalibration", "least squares", "romer", "replacement", "maxnn-12.5%", "oracle routing",
+           "2 router copies", "4 router copies", "P1 + 2 router copies", "P1 + 4 router copies")
 
 
 def _by_kind(rows: list[dict], kind: str) -> dict[int, float]:
@@ -143,3 +148,68 @@ def regime_presets(config: str = "regime") -> list[str]:
     from romer.experiment.config_file import load_config
 
     return [spec.name for spec in load_config(config).chip.presets]
+
+
+def router_shares(models: list[str]) -> dict[str, float]:
+    """Per zoo model, the router's share of the analog weights of placement ``moe`` (what keeping it digital
+    costs)."""
+    from romer.models import load_model
+    from romer.noise.placement import analog_weights, parse_placement
+
+    out = {}
+    for model in models:
+        lm, _ = load_model(model)
+        weights = analog_weights(lm, parse_placement("moe"), strict=False)
+        out[model] = sum(w.parameter.numel() for w in weights if w.group == "router") / sum(
+            w.parameter.numel() for w in weights)
+    return out
+
+
+def pareto_points(cells: list[dict], shares: dict[str, float]) -> list[dict]:
+    """Per (model, preset) of the ``moe`` grid where the chip raises PPL by ≥ MIN_DAMAGE_PCT: each repair's cost (% of the analog weights kept digital or
+    programmed again) and gap recovered (%), the digital router read off the paired ``experts`` cell (same chips,
+    same expert draws: each tensor's noise is seeded by chip seed and parameter name); methods of the
+    ``regime-repairs`` config join the cell of the same setting (same chips and tokens)."""
+    grid = {(c["model"], c["preset"], c["placement"]): c for c in cells if c["source"] in GRID_SOURCES}
+    extra = {(c["model"], c["preset"], c["placement"]): c["methods"] for c in cells if c["source"] == "regime-repairs"}
+    points = []
+    for (model, preset, placement), cell in grid.items():
+        if placement != "moe" or (damage_pct(cell) or 0.0) < MIN_DAMAGE_PCT:
+            continue
+        methods = {**extra.get((model, preset, placement), {}), **cell["methods"]}
+        for name in REPAIRS:
+            m = methods.get(name)
+            if m and m["gap_recovered_pct"]["mean"] is not None:
+                cost = 100 * ((m["digital_share"] or 0.0) + (m["extra_analog_share"] or 0.0))
+                points.append({"model": model, "preset": preset, "method": name, "cost_pct": cost,
+                               "gap_recovered_pct": m["gap_recovered_pct"]})
+        digital = grid.get((model, preset, "experts"))
+        if digital and model in shares:
+            noisy, clean = cell["methods"]["noisy"], cell["methods"]["clean"]
+            other = digital["methods"]["noisy"]
+            gaps = per_chip_gap_recovered(*(dict(zip(m["seeds"], m["ppl"])) for m in (other, noisy, clean)))
+            if gaps:
+                points.append({"model": model, "preset": preset, "method": "digital router",
+                               "cost_pct": 100 * shares[model], "gap_recovered_pct": interval(gaps)})
+    return points
+
+
+def build(results: Path) -> dict:
+    """Every cell of the regime configs' stores under ``results`` (cells of a config whose store is gone kept from
+    ``results/regime-map/cells.json``), the Pareto points and the headline figures."""
+    cells = []
+    for config in CONFIGS:
+        store = results / config / "results.sqlite"
+        if store.is_file() and store.stat().st_size:
+            cells += cells_from_store(store)
+    committed = results / "regime-map" / "cells.json"
+    if committed.is_file():
+        cells = merge_cells(cells, json.loads(committed.read_text())["cells"])
+    order = {config: i for i, config in enumerate(CONFIGS)}
+    cells.sort(key=lambda c: order.get(c["source"], len(order)))  # stable: a config's cells keep their order
+    if not cells:
+        raise UserError(f"no regime store under {results} (run `make regime-map`)")
+    return {"cells": cells, "pareto": pareto_points(cells, router_shares(present_models(cells))),
+            "headline": {method: {"reduction_pct": headline(cells, method, "reduction_pct"),
+                                  "gap_recovered_pct": headline(cells, method, "gap_recovered_pct", MIN_DAMAGE_PCT)}
+                         for method in METHODS}}
