@@ -199,6 +199,15 @@ def test_the_default_jobs_report_in_a_pipe_keeps_every_number_whole():
         assert any(f"| {name} |" in line for line in lines), name
 
 
+def test_a_model_given_as_a_path_shows_as_its_folder_name():
+    from romer.cli.common import model_label
+    from romer.report.tables import model_name
+
+    assert model_name("/data/models/my-moe/") == model_name("runs/my-moe") == "my-moe"
+    assert model_name("olmoe-tiny") == model_label("olmoe-tiny") == "olmoe-tiny"
+    assert model_label(str(ROOT / "romer")) == "romer"
+
+
 # --- calibrate on one text file, and what eval says of the folder --------------------------------------------------
 
 PASSAGE = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "

@@ -58,7 +58,7 @@ def accuracy_table(rows: list[dict]):
         return None
     n = len(cells(rows[0]))
     return table("zero-shot accuracy (%), mean ± std over chips", ["model", "method", *accuracy],
-                 [[r["model"], r["method"], *cells(r, accuracy)[n:]] for r in rows], keys=(0, 1))
+                 [[cells(r)[0], r["method"], *cells(r, accuracy)[n:]] for r in rows], keys=(0, 1))
 
 
 def _check_models(models: list[str], window: int, batch_size: int, device: str = "cpu",

@@ -59,10 +59,15 @@ def cells(row: dict, accuracy: list[str] = ()) -> list[str]:
     return _base_cells(row) + [_accuracy_cell(row, k) for k in accuracy]
 
 
+def model_name(model: str) -> str:
+    """A model as tables show it: a zoo name as it is, a folder (a path) by its last part."""
+    return model.rstrip("/").rsplit("/", 1)[-1] if "/" in model.rstrip("/") else model
+
+
 def _base_cells(row: dict) -> list[str]:
     ci = row.get("ppl_ci95")
     cv = "—" if row.get("cv_mean") is None else (f"{_num(row.get('cv_before_mean'), 3)} → {row['cv_mean']:.3f}")
-    return [row["model"], row["preset"], f"{row['t']:g}", row["placement"], row["method"],
+    return [model_name(row["model"]), row["preset"], f"{row['t']:g}", row["placement"], row["method"],
             str(row["chips"]), "—" if row["ppl_mean"] is None else f"{row['ppl_mean']:.3f} ± {row['ppl_std']:.3f}",
             "—" if ci is None else f"{ci[0]:.3f} – {ci[1]:.3f}", _num(row.get("reduction_pct"), 1, " %"),
             _num(row.get("gap_recovered_pct"), 1, " %"), cv, _num(row.get("throughput_mean"), 2, "×"),
