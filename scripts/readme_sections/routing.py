@@ -17,7 +17,8 @@ def render(root: Path) -> str:
     if not runs:
         raise SectionError("no results in results/routing/: run `make routing-study`")
     first = runs[0]
-    lines = [f"Validation split, first {first['max_chars']:,} characters ({first['tokens']:,} tokens), default chip "
+    text = first.get("text") or f"bundled validation, source order, first {first['max_chars']:,} characters"
+    lines = [f"Text: {text} ({first['tokens']:,} tokens), default chip "
              f"(PCM ×10, t = 1 day), {first['chips']} chips per row, mean ± std over chips. Regenerate: "
              "`make routing-study`.", "",
              "| model | analog placement | PPL clean | PPL noisy | PPL oracle routing | routing share of damage "

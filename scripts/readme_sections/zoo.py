@@ -28,6 +28,15 @@ def _read(name: str, file: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _text(cards: dict) -> str:
+    """The text the cards scored (``EvalSpec.label``), or the old cards' convention where a card predates it."""
+    from romer.eval.spec import text_label
+
+    labels = {text_label(c["eval"]) if "eval" in c else "bundled test, source order, whole split, windows of "
+              f"{c['window']}, float32" for c in cards.values()}
+    return " / ".join(sorted(labels))
+
+
 def render(root: Path) -> str:
     """The section's markdown. The cards ship with the package (``ZOO_DIR``), so ``root`` is not read."""
     cards = {n: _read(n, "card.json") for n in zoo_names()}
@@ -38,8 +47,11 @@ def render(root: Path) -> str:
         "`romer zoo train NAME` from the",
         "recipe in `romer/models/zoo/NAME/train.yaml` (seed 0, AdamW, cosine schedule, bf16 autocast, a",
         "load-balancing loss **per MoE layer** plus router z-loss) on the train split, shipped as fp16 safetensors",
-        "HF folders that `AutoModelForCausalLM.from_pretrained(folder)` loads. Test-split numbers: window 512, fp32;",
-        "the unigram baseline is an add-one unigram model fitted on the train split, on the same test tokens.",
+        "HF folders that `AutoModelForCausalLM.from_pretrained(folder)` loads. Test-split numbers: "
+        f"{_text(cards)};",
+        "the unigram baseline is an add-one unigram model fitted on the train split, on the same test tokens. The",
+        "main result scores the first 16,384 of these tokens (same order), so its clean PPLs are lower: `romer eval",
+        "--model NAME --max-tokens 16384` gives the main result's clean row.",
         "Regenerate the numbers: `make zoo-cards` (runs `romer zoo card NAME` for each model, then this table).",
         "Training time is wall-clock on the project's 2-core machine, which other jobs shared during training;",
         "val PPL is the trainer's last check on 24 validation windows (bf16 autocast), not the full split.",
