@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from romer.methods import plan_kinds
 from romer.errors import UserError
 
 __all__ = ["Evaluation", "apply", "calibrate", "default_chip", "evaluate", "load", "presets", "program",
            "routing_stats", "save_calibrated"]
 
 # kinds ``calibrate`` fits a plan for (clean and oracle routing are reference rows, not plans)
-PLAN_KINDS = ("recalibrate", "romer", "replace", "maxnn", "balance", "copies", "noisy")
+PLAN_KINDS = (*plan_kinds(), "noisy")  # noisy: the empty plan (the chip as programmed)
 
 
 # --- models ---------------------------------------------------------------------------------------------------

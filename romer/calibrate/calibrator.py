@@ -85,7 +85,7 @@ class Calibrator:
         plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
         if m.copies is not None:
             plan.router_copies = m.copies.count
-            if m.kind == "copies":  # hardware only: nothing is observed (``windows`` may be None)
+            if not m.observes:  # router copies alone are hardware only: nothing is observed (``windows`` may be None)
                 return plan
         batch = m.calibration.batch_size
         clean = clean or observe(model, windows, batch, keep_logits=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-KINDS = ("clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance", "copies")
+from romer.methods import REGISTRY, method_class
+
+KINDS = tuple(REGISTRY)  # the registered method kinds (romer.methods)
 VARIANTS = ("replica", "split", "redirect", "prune-duplicate")
 
 
@@ -112,12 +114,16 @@ class CopiesConfig(_Strict):
     count: int = Field(2, ge=2, le=64)
 
 
+PART_OPTIONS = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
+                "balance": BalanceConfig, "copies": CopiesConfig}  # plan part → its options (methods.PART_ORDER)
+
+
 class MethodConfig(_Strict):
     """One method of a results table. ``fit_seed_offset`` ≠ 0 fits the plan on another chip (seed + offset)
     than the one it is scored on: chip transfer."""
 
     name: str = Field(min_length=1)
-    kind: Literal["clean", "noisy", "oracle", "replace", "recalibrate", "romer", "maxnn", "balance", "copies"]
+    kind: str  # a registered kind (romer.methods.REGISTRY)
     replace: ReplaceConfig | None = None
     recalibrate: RecalibrateConfig | None = None
     maxnn: MaxNNConfig | None = None
@@ -126,18 +132,21 @@ class MethodConfig(_Strict):
     calibration: CalibrationData = CalibrationData()
     fit_seed_offset: int = 0
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        method_class(kind)  # ValueError naming the registered kinds
+        return kind
+
     @model_validator(mode="after")
     def _fill(self) -> "MethodConfig":
-        wants = {"replace": self.kind in ("replace", "romer"), "recalibrate": self.kind in ("recalibrate", "romer"),
-                 "maxnn": self.kind == "maxnn", "balance": self.kind == "balance", "copies": self.kind == "copies"}
-        optional = {"copies": self.kind == "recalibrate"}  # taken when given, never filled in
-        for part, wanted in wants.items():
-            if getattr(self, part) is not None and not (wanted or optional.get(part)):
+        declared = method_class(self.kind)
+        for part, options in PART_OPTIONS.items():
+            wanted = part in declared.parts
+            if getattr(self, part) is not None and not (wanted or part in declared.optional_parts):
                 raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no '{part}' options")
             if wanted and getattr(self, part) is None:
-                default = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "maxnn": MaxNNConfig,
-                           "balance": BalanceConfig, "copies": CopiesConfig}[part]()
-                object.__setattr__(self, part, default)
+                object.__setattr__(self, part, options())
         if self.recalibrate is not None and self.recalibrate.mode == "lstsq" and (
                 self.replace is not None or self.copies is not None or self.recalibrate.sequential):
             raise ValueError(f"method {self.name!r}: recalibrate mode lstsq pairs the chip's logits with the clean "
@@ -146,14 +155,19 @@ class MethodConfig(_Strict):
         return self
 
     @property
+    def scores(self) -> str:
+        """How its rows are scored: clean, chip, oracle or plan (``romer.methods``)."""
+        return method_class(self.kind).scores
+
+    @property
     def needs_fit(self) -> bool:
-        """Whether the method has a plan to make (every kind but clean, noisy and oracle)."""
-        return self.kind in ("replace", "recalibrate", "romer", "maxnn", "balance", "copies")
+        """Whether the method has a plan to make."""
+        return method_class(self.kind).makes_plan()
 
     @property
     def observes(self) -> bool:
         """Whether making its plan runs calibration text through the model (router copies need none)."""
-        return self.needs_fit and self.kind != "copies"
+        return self.needs_fit and method_class(self.kind).observes
 
 
 def method(name: str, kind: str, **options) -> MethodConfig:

@@ -12,9 +12,10 @@ from romer.cli.common import (DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MODEL
                               PRESET_HELP, SEED_OPTION, T_OPTION, announce, chip_from, chip_given, chip_label,
                               load_options, resolve_settings, user_errors)
 from romer.cli.output import console, table
+from romer.methods import plan_kinds
 from romer.errors import UserError
 
-METHOD_KINDS = ("romer", "replace", "recalibrate", "maxnn", "balance", "copies", "noisy")
+METHOD_KINDS = (*plan_kinds(), "noisy")  # noisy: the empty plan (the chip as programmed)
 CALIBRATE_SET_HELP = ("SECTION.KEY=VALUE (a YAML value) with the experiment config's keys, after the options; "
                       "repeatable. method.KEY: an option of the method as in a `methods:` entry (e.g. "
                       "method.replace.variant=split, method.recalibrate.percentiles=[10,90]); calibration.KEY: "

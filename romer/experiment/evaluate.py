@@ -183,7 +183,7 @@ class _GroupRun:
         now = time.perf_counter()
         out = {"method": method.name, **row, "plan": row.get("plan"), "seconds": now - self.started,
                "stages": self.clock.take()}
-        if method.kind != "clean" and self.base is not None:
+        if method.scores != "clean" and self.base is not None:
             if self._snr is None:  # every fit observes the chip before the first row: the same for every row
                 self._snr = self.snr()
             out["snr_db"] = self._snr
@@ -270,19 +270,19 @@ class _GroupRun:
         return not states.needs_own_programming(plan, self.chip) and not states.effective_digital(plan, self.chip)[1]
 
     def run(self, methods: list[MethodConfig]) -> Iterator[dict]:
-        if any(m.kind in ("clean", "oracle") for m in methods):
+        if any(m.scores in ("clean", "oracle") for m in methods):
             self.ev.clean(self.name, self.spec)  # on the clean model, before any programming
         # fits run on the clean model (MaxNN reads clean weights; sequential fits program the chip themselves)
         fitted = {m.name: self.fit(m) for m in methods if m.needs_fit and not _deferred(m)}
         parts = {m.name: self.fit(_weights_part(m)) for m in methods if _deferred(m)}
-        noisy = next((m for m in methods if m.kind == "noisy"), MethodConfig(name="noisy", kind="noisy"))
+        noisy = next((m for m in methods if m.scores == "chip"), MethodConfig(name="noisy", kind="noisy"))
         with self.on_base() as base:
             self.score(noisy, Plan.none(self.chip))  # first: every row reports its routing CV as cv_before
             cv_before = self.noisy_cv()
             for m in methods:
-                if m.kind == "noisy":
+                if m.scores == "chip":
                     yield self.row(m, {**self.score(m, Plan.none(self.chip)), "cv_before": cv_before})
-                elif m.kind == "oracle":
+                elif m.scores == "oracle":
                     yield self.row(m, {**self.oracle(), "cv_before": cv_before})
                 elif m.name in fitted and self.runs_on_base(fitted[m.name]):
                     with base.digital(fitted[m.name]):
@@ -291,7 +291,7 @@ class _GroupRun:
         for m, plan, row in self.replica_rows(methods, fitted, parts):
             yield self.row(m, {**row, "plan": plan.to_dict(), "cv_before": cv_before})
         for m in methods:
-            if m.kind == "clean":
+            if m.scores == "clean":
                 captured, record, tasks = self.ev.clean(self.name, self.spec)
                 yield self.row(m, {**_scored(captured.clean, record), **({"tasks": tasks} if tasks else {}),
                                    "digital_share": 1.0,
