@@ -100,3 +100,22 @@ def test_no_page_cites_notes_outside_the_repository():
     cited = [f"{f.relative_to(ROOT)}: {note}" for f in files for note in ("FACTS.md", "ROMER.md")
              if note in f.read_text(encoding="utf-8")]
     assert not cited, cited
+
+
+def test_readmes_config_is_the_shipped_example_and_loads(tmp_path):
+    """README's YAML is examples/my-moe.yaml (after its comment header), and it is a valid config once its paths
+    point at files that exist."""
+    from romer.experiment.config_file import load_config
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    example = (ROOT / "examples" / "my-moe.yaml").read_text(encoding="utf-8")
+    assert example.endswith(block)
+    for name in ("eval.txt", "calibration.txt", "ARC-Easy-Test.jsonl"):
+        (tmp_path / name).write_text("one line of text\n")
+    local = example.replace("/path/to/", f"{tmp_path}/").replace(f"{tmp_path}/my-moe", "olmoe-tiny")
+    config_path = tmp_path / "my-moe.yaml"
+    config_path.write_text(local)
+    config = load_config(str(config_path))
+    assert config.models == ["olmoe-tiny"] and config.eval.dataset == "text"
+    assert config.calibration.data_path.endswith("calibration.txt")

@@ -95,9 +95,12 @@ def setting_lines(config: dict | None) -> tuple[str | None, str | None]:
 
 
 def _print_report(report, out: Path) -> None:
+    from romer.report.tables import ESTIMATOR_LINE
+
     output = console()
     announce(output, *setting_lines(report.config))
     output.print(results_table(report.rows, report.title))
+    output.print(ESTIMATOR_LINE, highlight=False)
     accuracy = accuracy_table(report.rows)
     if accuracy is not None:
         output.print(accuracy)

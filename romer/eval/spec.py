@@ -31,6 +31,20 @@ ORDER_SEED = 0
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # eval dtype → autocast dtype (weights stay float32)
 
 
+def resolve_order(order: str | None, dataset: str) -> str:
+    """The document order an unset ``order`` means: shuffled for the bundled corpus, source for any other."""
+    return order or ("shuffled" if dataset == "bundled" else "source")
+
+
+def settings_label(settings: Mapping) -> str:
+    """The text label of a config's ``eval`` section (``romer run``'s ``EvalSettings`` as a dict), without
+    validating it (a report may be read where the data files are not)."""
+    dataset = settings.get("dataset", "bundled")
+    return text_label({"dataset": dataset, "split": settings.get("split", "test"),
+                       "order": resolve_order(settings.get("order"), dataset), "tokens": settings.get("max_tokens"),
+                       "window": settings.get("window", 512), "dtype": settings.get("dtype", "float32")})
+
+
 def token_prefix(tokenizer, text: str, max_tokens: int | None) -> str:
     """The longest prefix of ``text`` whose tokens are the first ``max_tokens`` tokens of the whole text (cut at a
     token boundary); the whole text when ``max_tokens`` is None or the text is shorter."""
@@ -109,7 +123,7 @@ class EvalSpec:
 
     @property
     def resolved_order(self) -> str:
-        return self.order or ("shuffled" if self.dataset == "bundled" else "source")
+        return resolve_order(self.order, self.dataset)
 
     def full_text(self) -> str:
         """The whole split as one string in the spec's document order (documents joined by a blank line)."""

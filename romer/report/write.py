@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from romer.errors import UserError
+from romer.eval.spec import settings_label
 from romer.store import ResultsStore
 from romer.io import write_bytes_atomic, write_text_atomic
 from romer.report import html, tables
@@ -68,7 +69,8 @@ def build_report(store_path: str | Path, config_hash: str | None = None, plots: 
     libraries = sorted({k for t in trials for k in t["versions"]})
     versions = {k: _joined(t["versions"].get(k, "unknown") for t in trials) for k in libraries}
     name = record["name"] if record else "experiment"
-    report = Report(f"romer report: {name}", rows, config, config_hash, _joined(t["git"] for t in trials), versions)
+    text = "" if not config else f" — {settings_label(config.get('eval') or {})}"
+    report = Report(f"romer report: {name}{text}", rows, config, config_hash, _joined(t["git"] for t in trials), versions)
     if plots:
         report.plots = make_plots(rows, trials, config_orders(config))
     return report
