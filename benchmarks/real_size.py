@@ -134,7 +134,7 @@ def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: 
     from romer.calibrate import Calibrator, apply
     from romer.calibrate.calibrator import observe
     from romer.calibrate.config import MethodConfig
-    from romer.data import load_text
+    from romer.eval.spec import EvalSpec
     from romer.eval import perplexity
     from romer.models.loading import load_model
     from romer.noise.chip import default_chip, program
@@ -157,9 +157,7 @@ def pipeline(folder: Path, calibration_windows: int, eval_windows: int, window: 
                           calibration={"sequences": calibration_windows, "window": window, "batch_size": 1})
     calibrator = Calibrator(method)
     windows = calibrator.windows(tokenizer)
-    text = load_text("test")
-    ids = tokenizer(text[: 20 * window * eval_windows], add_special_tokens=False)["input_ids"]
-    eval_text = tokenizer.decode(ids[: eval_windows * (window - 1)])
+    eval_text = EvalSpec(order="source", max_tokens=eval_windows * (window - 1)).text(tokenizer)
 
     started = time.perf_counter()
     handle = program(model, chip)

@@ -1,5 +1,6 @@
 """`python scripts/router_noise_p1.py MODEL`: per MoE layer, how much of the router-logit noise energy P1 (all
-layers, fitted on 32 train windows of 512 tokens) removes on validation tokens (the first 20,000 characters),
+layers, fitted on 32 train windows of 512 tokens) removes on validation tokens (the first 4,410 in source order:
+romer.eval.spec.EvalSpec),
 against the router-noise account's systematic and affine shares (romer.routing.router_noise). One chip (seed 0)
 of the default chip; prints one JSON line (docs/router-noise.md)."""
 import json
@@ -10,14 +11,14 @@ import torch
 torch.set_num_threads(1)
 from romer.calibrate import Calibrator, MethodConfig, apply
 from romer.calibrate.config import CalibrationData
-from romer.data import load_text
+from romer.eval.spec import EvalSpec
 from romer.eval import perplexity
 from romer.models import load_model
 from romer.noise.chip import default_chip, program
 from romer.routing.router_noise import noise_account, record_logit_noise, record_router_inputs, router_noise_report
 model_name = sys.argv[1]
 lm, tok = load_model(model_name)
-text = load_text("validation")[:20000]
+text = EvalSpec(split="validation", order="source", max_tokens=4410).text(tok)
 chip = default_chip(0)
 method = MethodConfig(name="recalibration", kind="recalibrate", calibration=CalibrationData(sequences=32))
 cal = Calibrator(method)
