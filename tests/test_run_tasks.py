@@ -68,3 +68,18 @@ def test_run_scores_zero_shot_tasks_on_every_method(tmp_path):
     assert "romer_cloze acc" in (tmp_path / "report" / "report.html").read_text()
     stored = json.loads((tmp_path / "report" / "results.json").read_text())
     assert stored["config"]["eval"]["tasks"] == ["romer_cloze"]
+
+
+def test_routing_statistics_count_only_the_scored_tokens_not_the_tasks(tmp_path):
+    """The noisy and recalibrated rows' load CV is the same with and without zero-shot tasks: the task items'
+    tokens never enter the routing record of the PPL text."""
+    common = ["models=[olmoe-tiny]", "chip.chips=1", "chip.presets=[{preset: gaussian, overrides: {eta: 0.2}}]",
+              "methods=[clean, noisy, recalibration]", "eval.max_tokens=512", "eval.window=128",
+              "calibration.sequences=2", "calibration.window=128"]
+    cv = {}
+    for label, extra in (("tasks", ["eval.tasks=[romer_cloze]", "eval.task_limit=8"]), ("none", [])):
+        store = tmp_path / f"{label}.sqlite"
+        run_experiment(load_config("default", [*common, *extra, f"name={label}"]), store, progress=False)
+        cv[label] = {row["method"]: row["cv_mean"] for row in write_report(store, tmp_path / label).rows}
+    assert cv["tasks"]["noisy"] == pytest.approx(cv["none"]["noisy"], rel=1e-12)
+    assert cv["tasks"]["recalibration"] == pytest.approx(cv["none"]["recalibration"], rel=1e-12)

@@ -235,11 +235,11 @@ class _GroupRun:
         """Perplexity and routing of the plan's routing on the weight state entered now (once per plan key)."""
         key = states.plan_key(plan, self.chip)
         if key not in self.scores:
-            with self.clock("evaluate"), states.routing(self.model, plan), self.ev.precision(self.spec), \
-                    record_routing(self.model) as record:
-                result = perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
-                                    window=self.spec["window"], batch_size=self.spec["batch_size"],
-                                    progress=self.ev.progress)
+            with self.clock("evaluate"), states.routing(self.model, plan), self.ev.precision(self.spec):
+                with record_routing(self.model) as record:  # the routing of the scored tokens only, not the tasks'
+                    result = perplexity(self.model, self.tokenizer, self.ev.eval_text(self.name, self.spec),
+                                        window=self.spec["window"], batch_size=self.spec["batch_size"],
+                                        progress=self.ev.progress)
                 tasks = self.ev.tasks(self.model, self.tokenizer, self.spec)
             self.scores[key] = (method.name, {**_scored(result, record), **({"tasks": tasks} if tasks else {})})
         first, scored = self.scores[key]

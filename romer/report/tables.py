@@ -120,13 +120,13 @@ def reduction_cell(row: dict) -> str:
 
 
 def markdown(rows: list[dict], title: str | None = None) -> str:
-    lines = ([f"# {title}", ""] if title else []) + [ESTIMATOR_LINE, ""]
+    lines = [f"# {title}", ""] if title else []
     columns, accuracy = header(rows), accuracy_keys(rows)
     lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(columns)))
               + "|"]
     for row in rows:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row, accuracy)) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", ESTIMATOR_LINE]) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
