@@ -187,3 +187,17 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if len(x) < 3:
         return math.nan
     return pearson(ranks(x), ranks(y))
+
+
+def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate over the non-None entries), in input order: the
+    i-th smallest of m is multiplied by m / i, running minima from the largest down, capped at 1."""
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(indexed)
+    out: list[float | None] = [None] * len(p_values)
+    running = 1.0
+    for rank in range(m, 0, -1):
+        p, i = indexed[rank - 1]
+        running = min(running, m * p / rank)
+        out[i] = running
+    return out

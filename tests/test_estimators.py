@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from romer.estimators import (ESTIMATORS, PAIRED, RATIO_OF_MEANS, gap_recovered_of_means, holm, interval,
+from romer.estimators import (ESTIMATORS, PAIRED, RATIO_OF_MEANS, benjamini_hochberg, gap_recovered_of_means, holm,
+                              interval,
                               paired_gap_recovered, paired_reduction, reduction_of_means, spearman, t_cdf)
 
 PPL = {0: 50.0, 1: 90.0, 7: 10.0}  # seed 7 has no noisy or clean partner: never paired
@@ -62,3 +63,10 @@ def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
     assert math.isnan(spearman([1, 2], [2, 1]))
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted 0.01, 0.03, 0.04 of m = 3: 3·0.01/1 = 0.03, 3·0.03/2 = 0.045, 3·0.04/3 = 0.04 → minima from the top:
+    # 0.04, min(0.045, 0.04) = 0.04, min(0.03, 0.04) = 0.03
+    assert benjamini_hochberg([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.04, 0.04, None])
+    assert benjamini_hochberg([0.9]) == [0.9]

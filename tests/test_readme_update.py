@@ -172,5 +172,6 @@ def test_key_result_from_a_tiny_report(updater, tmp_path):
         "| clean | 10.00 |\n"
         "| noisy | 14.00 ± 0.25 |\n"
         "| romer | 13.00 ± 0.50 (+7.1 %) |\n\n"
-        "Over the 12 cells of the regime map (noise scale, placement, mapping, time) ROMER lowers PPL by up to 55.5 % "
-        "(the best cell: olmoe-tiny · pcm×50 · moe) and by +0.2 % in the median cell. Regenerate: `make regime-map`.")
+        "Over the 12 distinct cells of the regime map (noise scale, placement, mapping, time) ROMER lowers PPL by up "
+        "to 55.5 % (the best cell: olmoe-tiny · pcm×50 · moe) and by +0.2 % in the median cell. Regenerate: "
+        "`make regime-map`.")

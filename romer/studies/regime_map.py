@@ -27,7 +27,7 @@ from pathlib import Path
 
 from romer.errors import UserError
 from romer.store import ResultsStore
-from romer.estimators import interval, pearson, per_chip_gap_recovered, per_chip_reduction, spearman
+from romer.estimators import benjamini_hochberg, holm, interval, pearson, per_chip_gap_recovered, per_chip_reduction, spearman
 
 CELL_KEYS = ("model", "preset", "placement", "mapping", "t_inference")
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")  # the map's models, in table order
@@ -115,11 +115,27 @@ def damage_pct(cell: dict) -> float | None:
     return 100.0 * (noisy["ppl_mean"] / clean["ppl_mean"] - 1.0)
 
 
+def distinct(cells: list[dict]) -> list[dict]:
+    """Each setting once: a cell measured by two configs (``regime`` and ``regime-time`` share the default time)
+    counts only where it was first measured (``cells`` in config order)."""
+    seen, out = set(), []
+    for c in cells:
+        key = (c["model"], c["preset"], c["placement"], c["mapping"], c["t"])
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
 def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_pct",
-             min_damage_pct: float | None = None) -> dict:
-    """The best cell ("up to"), the median over cells (typical) and the cells where ``method`` hurts (the whole
-    interval of ``figure`` below 0), with the number of cells measured; with ``min_damage_pct``, only cells where
-    the chip raised PPL by at least that many % count (a gap-recovered share of a near-zero gap is noise)."""
+             min_damage_pct: float | None = None, alpha: float = 0.05) -> dict:
+    """Over the distinct cells: the best cell ("up to", with its interval), the median over cells (typical), the
+    cells where ``method`` hurts by its 95 % interval alone (uncorrected), and the cells where it helps or hurts
+    after correcting the cells' paired t-tests across every cell counted: Holm (family-wise error ``alpha``) and
+    Benjamini–Hochberg (false discovery rate ``alpha``);
+    with ``min_damage_pct``, only cells where the chip raised PPL by at least that many % count (a
+    gap-recovered share of a near-zero gap is noise)."""
+    cells = distinct(cells)
     if min_damage_pct is not None:
         cells = [c for c in cells if (damage_pct(c) or 0.0) >= min_damage_pct]
     scored = [(c, _mean(c, method, figure)) for c in cells]
@@ -127,10 +143,20 @@ def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_
     if not scored:
         return {"cells": 0}
     best_cell, best = max(scored, key=lambda cv: cv[1])
-    highs = [(c, c["methods"][method][figure]["high"]) for c, _ in scored]
-    hurts = [c for c, high in highs if high is not None and high < 0.0]
+    figures = [c["methods"][method][figure] for c, _ in scored]
+    hurts = [c for (c, _), f in zip(scored, figures) if f["high"] is not None and f["high"] < 0.0]
+    p_values = [f.get("p") for f in figures]
+
+    def significant(adjusted: list) -> list[tuple[dict, float]]:
+        return [(c, v) for (c, v), p in zip(scored, adjusted) if p is not None and p < alpha]
+    fwer, fdr = significant(holm(p_values)), significant(benjamini_hochberg(p_values))
     return {"cells": len(scored), "up_to": best, "up_to_cell": _label(best_cell),
-            "typical": statistics.median(v for _, v in scored), "hurts": [_label(c) for c in hurts]}
+            "up_to_interval": [best_cell["methods"][method][figure]["low"],
+                               best_cell["methods"][method][figure]["high"]],
+            "typical": statistics.median(v for _, v in scored), "hurts": [_label(c) for c in hurts],
+            "alpha": alpha,
+            "helps_holm": [_label(c) for c, v in fwer if v > 0], "hurts_holm": [_label(c) for c, v in fwer if v < 0],
+            "helps_bh": [_label(c) for c, v in fdr if v > 0], "hurts_bh": [_label(c) for c, v in fdr if v < 0]}
 
 
 def _label(cell: dict) -> str:

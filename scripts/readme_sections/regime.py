@@ -92,13 +92,14 @@ def render(root: Path) -> str:
     mapping += [c for c in cells if c["source"] == "regime" and c["placement"] == "moe"
                 and c["preset"] in {m["preset"] for m in mapping}]
     return "\n\n".join([
-        f"**ROMER lowers PPL by up to {romer['up_to']:.1f} %** (the best of {romer['cells']} cells: "
+        f"**ROMER lowers PPL by up to {romer['up_to']:.1f} %** ({_interval(romer)}the best of {romer['cells']} "
+        "distinct cells: "
         f"{romer['up_to_cell']}; the paper's \"up to\" is phrased the same way), **typically by "
         f"{romer['typical']:+.1f} %** (the median cell), and recovers up to {gap['up_to']:.0f} % of the noise "
         f"gap (median {gap['typical']:+.0f} % over the {gap['cells']} cells where the chip raises PPL by ≥ "
-        f"{MIN_DAMAGE_PCT:g} %). It **hurts** (95 % interval of the reduction below 0) in "
+        f"{MIN_DAMAGE_PCT:g} %). It **hurts** (95 % interval of the reduction below 0, uncorrected) in "
         f"{len(hurts)} cell{'s' if len(hurts) != 1 else ''}"
-        + (": " + "; ".join(hurts) + "." if hurts else "."),
+        + (": " + "; ".join(hurts) + "." if hurts else ".") + " " + _corrected(romer),
         f"Across cells, ROMER's reduction against the chip's router-logit SNR has Spearman ρ = {rho:+.2f} "
         f"({len(paired)} cells; negative: lower SNR, larger reduction). Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
         "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-deep`, `regime-time`, "
@@ -114,6 +115,24 @@ def render(root: Path) -> str:
         "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
         + _mapping(mapping),
     ])
+
+
+def _interval(head: dict) -> str:
+    low, high = head.get("up_to_interval") or (None, None)
+    return "" if low is None else f"95 % interval [{low:.1f}, {high:.1f}] over its 3 chips; "
+
+
+def _corrected(head: dict) -> str:
+    """How many cells keep a significant effect once every cell's paired t-test is corrected for the others."""
+    if "helps_holm" not in head:
+        return ""
+    counts = {k: len(head[k]) for k in ("helps_holm", "hurts_holm", "helps_bh", "hurts_bh")}
+    return (f"Corrected for testing {head['cells']} cells at once, it helps in {counts['helps_holm']} and hurts in "
+            f"{counts['hurts_holm']} (Holm, family-wise error {head['alpha']:g}), and helps in {counts['helps_bh']} "
+            f"and hurts in {counts['hurts_bh']} (Benjamini–Hochberg, false discovery rate {head['alpha']:g}): on 3 "
+            "chips a paired t-test has 2 degrees of freedom, so no single cell's effect survives the correction; "
+            "the map is read as a pattern across cells (the SNR correlation below), and a cell quoted on its own "
+            "needs more chips.")
 
 
 def _mapping(cells: list[dict]) -> str:

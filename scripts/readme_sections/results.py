@@ -166,8 +166,14 @@ def render_key(root: Path) -> str:
     cells = root / "results" / "regime-map" / "cells.json"
     if cells.exists():
         head = json.loads(cells.read_text())["headline"]["romer"]["reduction_pct"]
-        parts.append(f"Over the {head['cells']} cells of the regime map (noise scale, placement, mapping, time) "
-                     f"ROMER lowers PPL by up to {head['up_to']:.1f} % (the best cell: {head['up_to_cell']}) and by "
-                     f"{head['typical']:+.1f} % in the median cell. Regenerate: "
+        low, high = head.get("up_to_interval") or (None, None)
+        interval = "" if low is None else f", 95 % interval [{low:.1f}, {high:.1f}] over 3 chips"
+        corrected = ("" if "helps_holm" not in head else
+                     f" Corrected for testing all {head['cells']} cells (Holm), it helps in "
+                     f"{len(head['helps_holm'])} and hurts in {len(head['hurts_holm'])}: 3 chips per cell are too "
+                     "few for any single cell to stand on its own ([regime-map.md](docs/regime-map.md)).")
+        parts.append(f"Over the {head['cells']} distinct cells of the regime map (noise scale, placement, mapping, "
+                     f"time) ROMER lowers PPL by up to {head['up_to']:.1f} % (the best cell: {head['up_to_cell']}"
+                     f"{interval}) and by {head['typical']:+.1f} % in the median cell.{corrected} Regenerate: "
                      "`make regime-map`.")
     return "\n\n".join(parts)
