@@ -89,3 +89,22 @@ def test_cells_measured_again_replace_the_kept_ones_and_the_rest_are_kept(cells)
     assert merged[0] is cells["pcm×10"]  # the measured cell, not the kept copy of the same (source, setting)
     assert [c["source"] for c in merged] == [cells["pcm×10"]["source"], "regime-time"]
     assert len(merged) == 2
+
+
+def test_headline_counts_distinct_cells_and_corrects_across_them():
+    """Three settings (one measured twice, by two configs): Holm's adjusted p-values 3·0.001, 2·0.02, 1·0.5 keep
+    the first cell's help and the second's harm at 0.05; the repeated cell counts once."""
+    from romer.studies.regime_map import headline
+
+    def cell(source, preset, mean, p):
+        figure = {"mean": mean, "low": mean - 1, "high": mean + 1, "n": 3, "p": p}
+        return {"source": source, "model": "olmoe-tiny", "preset": preset, "placement": "moe", "mapping": "expert",
+                "t": 86400, "methods": {"romer": {"reduction_pct": figure}}}
+
+    cells = [cell("regime", "a", 10.0, 0.001), cell("regime", "b", -5.0, 0.02), cell("regime", "c", 1.0, 0.5),
+             cell("regime-time", "a", 99.0, 0.0)]
+    head = headline(cells)
+    assert head["cells"] == 3 and head["up_to"] == 10.0 and head["up_to_interval"] == [9.0, 11.0]
+    assert head["helps_holm"] == ["olmoe-tiny · a · moe"] and head["hurts_holm"] == ["olmoe-tiny · b · moe"]
+    assert head["helps_bh"] == ["olmoe-tiny · a · moe"] and head["hurts_bh"] == ["olmoe-tiny · b · moe"]
+    assert headline(cells, alpha=0.01)["hurts_holm"] == []  # 0.04 > 0.01
