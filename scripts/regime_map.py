@@ -10,7 +10,7 @@ cell's per-chip PPLs. It writes ``results/regime-map/``:
 * ``cells.json``: every cell's per-method per-chip PPLs, reduction / gap-recovered intervals, routing share and
   SNRs (``romer.studies.regime_map``), and the headline figures;
 * ``map.png``: ROMER's PPL reduction per noise preset × placement, one panel per model;
-* ``snr.png``: reduction against the router-logit SNR of the chip (dB), the axis that transfers between models;
+* ``snr.png``: reduction against the router-logit SNR of the chip (dB), comparable across models;
 * ``time.png``: reduction against inference time, drift compensation on and off;
 * ``pareto.png``: gap recovered against cost (share of the analog weights kept digital or programmed again) for
   every repair on the ``moe`` grid, the digital router read off the paired ``experts`` cells.

@@ -11,7 +11,8 @@ chip, three paired figures:
 
 each reported with the paired estimator of ``romer.estimators`` (the mean over chips, 95 % Student-t interval). A cell's
 physical position is the chips' mean weight SNR per placement group and router-logit SNR (dB, ``snr_db`` of the
-rows: ``romer.noise.snr``), which, unlike a noise-scale knob, transfers between models.
+rows: ``romer.noise.snr``), which, unlike a noise-scale knob, is comparable across models (the gain at one SNR
+still differs between models).
 
 ``headline`` phrases the map the way the paper phrases its own result ("up to": the best cell) next to the
 typical cell (the median over cells) and lists the cells where a method hurts (interval entirely below 0).

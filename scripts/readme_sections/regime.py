@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, present_models,
-                                        regime_presets, spearman)
+from romer.estimators import spearman
+from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, distinct, present_models,
+                                      regime_presets)
 PLACEMENTS = ("moe", "experts", "all")
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year"}
 
@@ -84,8 +85,9 @@ def render(root: Path) -> str:
     data = json.loads(path.read_text())
     cells, head = data["cells"], data["headline"]
     romer, gap = head["romer"]["reduction_pct"], head["romer"]["gap_recovered_pct"]
-    paired = [(c["snr_db"]["router_logits"], _method(c, "romer")["mean"]) for c in cells
-              if "router_logits" in c["snr_db"] and _method(c, "romer") and _method(c, "romer")["mean"] is not None]
+    snr_cells = [c for c in distinct(cells) if "router_logits" in c["snr_db"] and _method(c, "romer")
+                 and _method(c, "romer")["mean"] is not None]
+    paired = [(c["snr_db"]["router_logits"], _method(c, "romer")["mean"]) for c in snr_cells]
     rho = spearman([p[0] for p in paired], [p[1] for p in paired])
     hurts = romer["hurts"]
     mapping = [c for c in cells if c["source"] in ("regime-channel", "regime-tensor")]
@@ -101,7 +103,10 @@ def render(root: Path) -> str:
         f"{len(hurts)} cell{'s' if len(hurts) != 1 else ''}"
         + (": " + "; ".join(hurts) + "." if hurts else ".") + " " + _corrected(romer),
         f"Across cells, ROMER's reduction against the chip's router-logit SNR has Spearman ρ = {rho:+.2f} "
-        f"({len(paired)} cells; negative: lower SNR, larger reduction). Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
+        f"({len(paired)} cells; negative: lower SNR, larger reduction). Pooled, that mixes placements and models; "
+        f"split, it is {_rho_by(snr_cells, 'placement')} by placement and {_rho_by(snr_cells, 'model')} by model: "
+        "the SNR tells where ROMER helps only within a placement and model where its ρ is strongly negative, and "
+        "the same SNR can mean a large gain on one model and none on another. Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
         "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-deep`, `regime-time`, "
         "`regime-channel`, `regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
         "every cell with every method is in `results/regime-map/cells.json`.",
@@ -115,6 +120,17 @@ def render(root: Path) -> str:
         "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
         + _mapping(mapping),
     ])
+
+
+def _rho_by(cells: list[dict], key: str) -> str:
+    """Spearman ρ of ROMER's reduction against the router-logit SNR within each value of ``key`` (≥ 3 cells)."""
+    parts = []
+    for value in dict.fromkeys(c[key] for c in cells):
+        own = [c for c in cells if c[key] == value]
+        if len(own) >= 3:
+            rho = spearman([c["snr_db"]["router_logits"] for c in own], [_method(c, "romer")["mean"] for c in own])
+            parts.append(f"`{value}` {rho:+.2f} ({len(own)})")
+    return ", ".join(parts)
 
 
 def _interval(head: dict) -> str:
