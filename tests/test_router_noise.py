@@ -222,3 +222,15 @@ def test_weight_snr_reads_the_programmed_and_clean_tensors():
     experts = [r for r in rows if r.group == "routed_experts"]
     assert all(8 < r.snr < 12 for r in experts)
     assert torch.equal(params[rows[0].name], before[rows[0].name])  # restored
+
+
+def test_routing_share_is_withheld_where_the_chip_did_not_raise_ppl():
+    """A routing share of a gap whose 95 % interval over chips reaches 0 is not reported."""
+    from romer.estimators import interval
+    from romer.studies.routing_study import _withhold_shares
+
+    share = {"mean": 1.94, "std": 2.84}
+    raised = _withhold_shares({"routing_share": dict(share), "damage": interval([5.0, 6.0, 7.0])})
+    assert raised["routing_share"] == share
+    flat = _withhold_shares({"routing_share": dict(share), "damage": interval([-0.5, 0.4, 0.3])})
+    assert flat["routing_share"]["mean"] is None and "did not raise PPL" in flat["routing_share"]["withheld"]

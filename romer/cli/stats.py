@@ -77,6 +77,8 @@ def stats_command(
         out.print(f"over {chips} chips: PPL clean {result['clean_ppl']:.2f}, noisy {fmt(s['noisy_ppl'])}, "
                   f"oracle routing {fmt(s['oracle_ppl'])}; routing share of the damage "
                   f"{fmt(s['routing_share'])}; load CV {fmt(s['cv'], 3)}; Jaccard {fmt(s['jaccard'], 3)}")
+        if s["routing_share"].get("withheld"):
+            out.print(f"routing share not shown: {s['routing_share']['withheld']}")
     physical = physical_rows(result)
     out.print(table("signal-to-noise, router-noise account, array load" + (" (mean over chips)" if chip else ""),
                     list(physical[0]), [list(row.values()) for row in physical], keys=()))

@@ -17,6 +17,7 @@ import statistics
 
 from romer.calibrate import replacement as rep
 from romer.calibrate.config import ReplaceConfig
+from romer.estimators import interval
 from romer.eval import perplexity
 from romer.noise.chip import Chip, program
 from romer.noise.snr import summarize_snr, weight_snr
@@ -37,6 +38,16 @@ def _mean_std(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "std": None}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _withhold_shares(summary: dict) -> dict:
+    """No routing share where the chip did not raise PPL beyond its chip-to-chip spread (the 95 % interval of
+    PPL_noisy − PPL_clean over chips reaches 0): a share of a gap that may be zero is noise."""
+    low = summary["damage"]["low"]
+    if low is None or low <= 0:
+        summary["routing_share"] = {"mean": None, "std": None,
+                                    "withheld": "the chip did not raise PPL beyond its chip-to-chip spread"}
+    return summary
 
 
 def routing_study(model, tokenizer, text: str, chip: Chip | None, chips: int = 3, window: int = 512,
@@ -76,8 +87,9 @@ def routing_study(model, tokenizer, text: str, chip: Chip | None, chips: int = 3
     layers = [s["layer"] for s in result["clean"]["layers"]]
     result.update(
         chip=chip.to_dict(), chips=chips, per_chip=per_chip,
-        summary={**{k: _mean_std([c[k] for c in per_chip]) for k in SUMMARY_KEYS},
-                 **{k: _mean_std([c["physical"][k] for c in per_chip]) for k in PHYSICAL_SUMMARY_KEYS}},
+        summary=_withhold_shares({**{k: _mean_std([c[k] for c in per_chip]) for k in SUMMARY_KEYS},
+                                  **{k: _mean_std([c["physical"][k] for c in per_chip]) for k in PHYSICAL_SUMMARY_KEYS},
+                                  "damage": interval([c["noisy_ppl"] - result["clean_ppl"] for c in per_chip])}),
         per_layer=[{"layer": layer, "clean_cv": result["clean"]["layers"][j]["cv"],
                     "anisotropy": result["router_inputs"][j]["anisotropy"],
                     "mean_cosine": result["router_inputs"][j]["mean_cosine"],
