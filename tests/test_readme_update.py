@@ -175,3 +175,16 @@ def test_key_result_from_a_tiny_report(updater, tmp_path):
         "Over the 12 distinct cells of the regime map (noise scale, placement, mapping, time) ROMER lowers PPL by up "
         "to 55.5 % (the best cell: olmoe-tiny · pcm×50 · moe) and by +0.2 % in the median cell. Regenerate: "
         "`make regime-map`.")
+
+
+def test_romer_against_its_parts_is_paired_by_chip(updater):
+    """Per chip 1 − 9/10 = 10 % and 1 − 18/20 = 10 %: mean 10 %, zero spread."""
+    import importlib
+
+    results = importlib.import_module("readme_sections.results")
+    rows = [{"model": "olmoe-tiny", "method": "romer", "seeds": [0, 1], "ppl_per_chip": [9.0, 18.0]},
+            {"model": "olmoe-tiny", "method": "recalibration", "seeds": [0, 1], "ppl_per_chip": [10.0, 20.0]},
+            {"model": "olmoe-tiny", "method": "replacement", "seeds": [0, 1], "ppl_per_chip": [None, 20.0]}]
+    line = results.parts_line(rows)
+    assert "vs recalibration: olmoe-tiny +10.00 % [+10.00, +10.00]" in line and "vs replacement" not in line
+    assert results.parts_line([{**r, "ppl_per_chip": None} for r in rows]) == ""

@@ -101,12 +101,40 @@ def render_main(root: Path) -> str:
             if also and _rows(root, DEEP_OUT) else "")
         parts.append(section(root, config, p, main_cell, f"{command}, test split, placement `{p}`", also))
         rows = [r for r in _rows(root, config, also) if r["placement"] == p]
+        versus = parts_line(rows)
+        if versus:
+            parts.append(versus)
         if any(r.get("accuracy") for r in rows):
             parts.append(f"Zero-shot accuracy (%), placement `{p}`, mean ± std over the chips: `romer_cloze` acc / "
                          "`romer_nextsent` acc_norm, on the first items of each task (`eval.task_limit` of the "
                          "config; chance ≈ 0 / 25 %); oracle routing has none (it replays the evaluation tokens' "
                          "clean routing):\n\n" + table(rows, accuracy_cell, p))
     return "\n\n".join(parts)
+
+
+PARTS = (("romer", "recalibration"), ("romer", "replacement"))  # ROMER against each of its parts alone
+
+
+def parts_line(rows: list[dict]) -> str:
+    """ROMER against each of its parts, paired by chip (mean of the per-chip reductions, 95 % interval), per model;
+    empty where the rows carry no per-chip PPLs."""
+    from romer.estimators import paired_reduction
+
+    by = {(r["model"], r["method"]): dict(zip(r["seeds"], r["ppl_per_chip"])) for r in rows if r.get("ppl_per_chip")}
+    groups = []
+    for method, part in PARTS:
+        cells = []
+        for model in MODELS:
+            if (model, method) in by and (model, part) in by:
+                f = paired_reduction(by[(model, method)], by[(model, part)])
+                if f["low"] is not None:
+                    cells.append(f"{model} {f['mean']:+.2f} % [{f['low']:+.2f}, {f['high']:+.2f}]")
+        if cells:
+            groups.append(f"vs {part}: " + ", ".join(cells))
+    if not groups:
+        return ""
+    return ("ROMER against its parts alone, paired by chip (PPL reduction of ROMER relative to the part on the same "
+            "chip, mean over chips, 95 % interval) — " + "; ".join(groups) + ".")
 
 
 def _dtype(root: Path, config: str) -> str:
