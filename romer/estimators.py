@@ -99,9 +99,10 @@ def interval(values: Sequence[float], level: float = 0.95) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "p": p}
 
 
-def shared_seeds(*by_seed: Mapping[int, float]) -> list[int]:
-    """The chip seeds every per-seed dict holds a value for, sorted."""
-    return sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+def shared_seeds(*by_seed: Mapping[int, float | None]) -> list[int]:
+    """The chip seeds every per-seed dict holds a finite value for, sorted."""
+    held = [{s for s, v in d.items() if finite([v])} for d in by_seed]
+    return sorted(set.intersection(*held)) if held else []
 
 
 def per_chip_reduction(ppl: Mapping[int, float], noisy: Mapping[int, float]) -> list[float]:
