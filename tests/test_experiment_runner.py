@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from romer.errors import UserError
 from romer.experiment.config_file import load_config
 from romer.experiment.runner import pending, resolve_evaluator, run_experiment
 from romer.store import ResultsStore, git_revision
@@ -222,16 +223,20 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
     check_resume(store_path, before)
 
 
-def test_sigint_during_romer_run_stores_what_was_done_and_resumes(tmp_path):
-    """Ctrl-C in the middle of trial 8: `interrupted: 7 of 24 …`, exit 130; the same command again finishes."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_sigint_during_romer_run_stores_what_was_done_and_resumes(tmp_path, sig, code):
+    """Ctrl-C (or SIGTERM, as timeout, docker stop and Slurm send it) in the middle of trial 8: `interrupted: 7 of
+    24 …`, exit 130 (143), the interrupted run's row recorded; the same command again finishes."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "romer.cli.main", "run", *[x for s in SMALL for x in ("--set", s)],
             "--out", str(out), "--evaluator", "tests.test_experiment_runner:GatedEvaluator"]
     process = spawn(args, ROMER_TEST_GATE="7")
     wait_for_line(process, r"^small: 7/24 trials")
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=SAFETY_S)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == code, stderr[-2000:]
+    with ResultsStore(out / "results.sqlite") as opened:
+        assert [run["computed"] for run in opened.runs()] == [7]
     assert f"interrupted: 7 of 24 trials are stored in {out / 'results.sqlite'}" in " ".join(stdout.split())
     assert "Traceback" not in stderr
     before = stored(out / "results.sqlite")
@@ -277,3 +282,23 @@ def test_a_run_records_its_wall_time_and_stage_totals(tmp_path):
     assert run["stages"] == {"program": 12.0, "evaluate": 24.0}
     assert 0 < run["seconds"] <= summary.seconds
     assert all(row["metrics"]["stages"] == {"program": 0.5, "evaluate": 1.0} for row in rows)
+
+
+def nan_once_evaluator(group, names):
+    """The fake evaluator, but romer's PPL on chip 1 is NaN unless ROMER_TEST_FINITE is set."""
+    for result in fake_evaluator(group, names):
+        if result["method"] == "romer" and group.chip["seed"] == 1 and not os.environ.get("ROMER_TEST_FINITE"):
+            result = {**result, "ppl": float("nan")}
+        yield result
+
+
+def test_a_non_finite_result_is_never_stored_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    config = load_config("default", SMALL)
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(UserError, match=r"2 trial\(s\) gave non-finite numbers and were not stored \(first: "
+                                        r"olmoe-tiny · pcm×10 · chip 1 · romer: ppl nan\)"):
+        run_experiment(config, store, evaluator=nan_once_evaluator, progress=False)
+    assert len(stored(store)) == 22  # every other trial is kept
+    monkeypatch.setenv("ROMER_TEST_FINITE", "1")
+    summary = run_experiment(config, store, evaluator=nan_once_evaluator, progress=False)
+    assert (summary.computed, summary.skipped) == (2, 22) and len(stored(store)) == 24

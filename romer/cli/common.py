@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from romer.errors import UserError
+from romer.errors import Terminated, UserError, interruption_exit_code
 
 DEBUG_ENV = "ROMER_DEBUG"
 
@@ -122,7 +122,8 @@ def user_errors(command):
     """Run a command so that no error ends in a traceback by default.
 
     A user mistake (UserError) is one line on stderr and exit status 2; any other error is one line naming its
-    type and exit status 1 (its traceback with --debug or ROMER_DEBUG=1); Ctrl-C is exit status 130.
+    type and exit status 1 (its traceback with --debug or ROMER_DEBUG=1); Ctrl-C is exit status 130, SIGTERM 143
+    and SIGHUP 129 (``romer.errors.Terminated``).
     """
 
     @functools.wraps(command)
@@ -136,9 +137,9 @@ def user_errors(command):
                 raise
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            typer.echo("interrupted" + (f" by {exc.signal_name}" if isinstance(exc, Terminated) else ""), err=True)
+            raise typer.Exit(interruption_exit_code(exc)) from None
         except Exception as exc:  # noqa: BLE001 — the last line of defence: one line, traceback on request
             if debug_enabled():
                 raise

@@ -106,7 +106,23 @@ def main() -> None:
 
     if "--debug" in sys.argv[1 : sys.argv.index("--") if "--" in sys.argv else None]:
         os.environ[DEBUG_ENV] = "1"
+    _terminate_like_ctrl_c()
     app(prog_name="romer")
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (timeout, docker stop, Slurm, systemd) and SIGHUP raise ``Terminated`` in this process, which every
+    command handles as Ctrl-C: stored trials kept, staging folders removed, one line, exit 128 + signal."""
+    import signal
+
+    from romer.errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def write_json(path: Path | str | None, payload) -> bool:
     if path is None:
         return False
     if str(path) == "-":
-        json.dump(payload, sys.stdout, indent=2, allow_nan=True)
+        from romer.report.tables import clean_floats
+
+        json.dump(clean_floats(payload), sys.stdout, indent=2, allow_nan=False)  # strict JSON: NaN / ±∞ → null
         sys.stdout.write("\n")
         return True
     from romer.io import write_json_atomic

@@ -14,7 +14,7 @@ from romer.cli.common import (BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, LI
                               ORDER_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, WINDOW_OPTION,
                               announce, data_given, task_data_paths, user_errors)
 from romer.cli.output import console, table
-from romer.errors import UserError
+from romer.errors import UserError, interruption_exit_code
 
 CONFIG_HELP = "Bundled config ({}) or a YAML file; without it: default."
 
@@ -191,12 +191,12 @@ def run_command(
     try:
         summary = run_experiment(cfg, store, evaluator=evaluator, backend=backend,
                                  address=address or cfg.run.address, workers=workers or cfg.run.workers)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         with ResultsStore(store) as opened:
             done = opened.count(cfg.config_hash)
         console().print(f"interrupted: {done} of {cfg.trial_count()} trials are stored in {store}; run the same "
                       "command again to continue", highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(interruption_exit_code(exc)) from None
     console().print(f"{summary.computed} trials computed, {summary.skipped} already stored, "
                   f"{summary.seconds:.1f} s", highlight=False)
     report = write_report(store, out, cfg.config_hash)

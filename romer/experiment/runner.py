@@ -61,6 +61,17 @@ def resolve_evaluator(evaluator: Evaluator | str | None = None) -> Evaluator:
     return target() if isinstance(target, type) else target
 
 
+def non_finite(result: dict) -> str | None:
+    """What in a result is NaN or ±∞ (its PPL, word PPL, bits per byte or a zero-shot score), or None."""
+    import math
+
+    values = {k: result.get(k) for k in ("ppl", "word_ppl", "bits_per_byte")}
+    for task, scores in (result.get("tasks") or {}).items():
+        values.update({f"{task} {m}": scores.get(m) for m in ("acc", "acc_norm")})
+    bad = [f"{k} {v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    return ", ".join(bad) or None
+
+
 def pending(config: ExperimentConfig, done: set[str]) -> list[tuple[TrialGroup, set[str]]]:
     """(group, method names not yet stored) for every group with work left, in the config's order."""
     out = []
@@ -95,27 +106,49 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
         bar = Progress(config.name, todo, unit="trials", enabled=progress)
         prov = provenance()
 
+        failed: list[str] = []  # trials whose numbers are not finite: never stored, so a rerun retries them
+        stored: list[str] = []  # trials this process stored (an interrupted run records what it did)
+
         def record(group: TrialGroup, result: dict) -> None:
             if not isinstance(result, dict) or "method" not in result:
                 raise RuntimeError(f"the evaluator yielded {type(result).__name__} {result!r:.80}, not a result dict "
                                    "with a 'method' key")
+            bad = non_finite(result)
+            if bad:
+                failed.append(f"{group.model} · {group.preset} · chip {group.chip['seed']} · {result['method']}: "
+                              f"{bad}")
+                bar.advance(label=f"{result['method']}: not finite, not stored")
+                return
             store.add(group, result, prov)
+            stored.append(result["method"])
             for stage, seconds in (result.get("stages") or {}).items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
             chip = group.chip
             bar.advance(label=f"{group.model} · {group.preset} · t = {chip['t_inference']:g} s · chip {chip['seed']}"
                               f" · {result['method']}")
 
-        with bar:
-            if work:
-                if backend == "local":
-                    _run_local(work, resolve_evaluator(evaluator), record)
-                else:
-                    _run_ray(work, evaluator, record, address, workers)
-        seconds = time.perf_counter() - start
-        if todo:
-            store.add_run(config.config_hash, started_at, seconds, backend, workers if backend == "ray" else 1, todo,
-                          total - todo, stages)
+        def record_run() -> float:
+            seconds = time.perf_counter() - start
+            if stored:
+                store.add_run(config.config_hash, started_at, seconds, backend, workers if backend == "ray" else 1,
+                              len(stored), total - todo, stages)
+            return seconds
+
+        try:
+            with bar:
+                if work:
+                    if backend == "local":
+                        _run_local(work, resolve_evaluator(evaluator), record)
+                    else:
+                        _run_ray(work, evaluator, record, address, workers)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the trials stored so far and this run's row stay
+            record_run()
+            raise
+        seconds = record_run()
+        if failed:
+            raise UserError(f"{len(failed)} trial(s) gave non-finite numbers and were not stored (first: {failed[0]}); "
+                            "the chip breaks the model numerically — change the noise settings; a rerun retries "
+                            "only these")
     return RunSummary(config.config_hash, Path(store_path), total, total - todo, todo, seconds)
 
 
