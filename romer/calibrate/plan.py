@@ -7,12 +7,13 @@ again applies to identical outputs (floats are stored as JSON numbers, which rou
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from romer.calibrate.routing_rule import RouterFix
+from romer.calibrate.routing_rule import APPLY_TO, RouterFix
 from romer.errors import UserError
 from romer.io import write_json_atomic
 from romer.models.view import moe_layers
@@ -108,6 +109,59 @@ class Plan:
             k = wrong[0]
             raise UserError(f"the plan was fitted on another model: its {k} is {recorded[k]}, this model's is "
                             f"{actual[k]}")
+        self.check_contents(dict(zip(actual["moe_layers"], actual["num_experts"])))
+
+    def check_contents(self, experts: dict[int, int]) -> None:
+        """Refuse a plan whose numbers cannot be right for a model with ``experts[layer]`` experts per MoE layer:
+        an unknown layer, a vector of the wrong length, a NaN or ±∞, an expert index out of range, an unknown
+        ``apply_to`` or replacement variant (UserError, before anything changes)."""
+        from romer.calibrate.config import VARIANTS
+
+        def fail(where: str, what: str):
+            raise UserError(f"plan {where}: {what}")
+
+        def layer_experts(layer, where: str) -> int:
+            if layer not in experts:
+                fail(where, f"layer {layer} is not a MoE layer of this model ({sorted(experts)})")
+            return experts[layer]
+
+        def check_indices(values, count: int, where: str) -> None:
+            bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < count]
+            if bad:
+                fail(where, f"expert index {bad[0]!r} is not in 0 … {count - 1}")
+
+        for fix in self.router:
+            where = f"router fix of layer {fix.layer}"
+            count = layer_experts(fix.layer, where)
+            if fix.apply_to not in APPLY_TO:
+                fail(where, f"apply_to {fix.apply_to!r} is not one of {', '.join(APPLY_TO)}")
+            for name in ("scale", "offset", "selection_bias"):
+                vector = getattr(fix, name)
+                if vector is None:
+                    continue
+                if not isinstance(vector, list) or len(vector) != count:
+                    fail(where, f"{name} has {len(vector) if isinstance(vector, list) else 'no'} values, the layer "
+                                f"has {count} experts")
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in vector):
+                    fail(where, f"{name} holds a value that is not a finite number")
+            for name in ("token_p", "token_scale"):
+                value = getattr(fix, name)
+                if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                    fail(where, f"{name} {value!r} is not a finite number")
+            check_indices(fix.masked, count, where)
+            check_indices([e for pair in fix.split for e in pair], count, where)
+        for r in self.replacement:
+            where = f"replacement of layer {r.layer}"
+            count = layer_experts(r.layer, where)
+            if r.variant not in VARIANTS:
+                fail(where, f"unknown variant {r.variant!r}")
+            check_indices([e for pair in r.pairs for e in pair], count, where)
+        for layer, chosen in self.digital_experts.items():
+            check_indices(chosen, layer_experts(layer, f"digital experts of layer {layer}"),
+                          f"digital experts of layer {layer}")
+        if not isinstance(self.router_copies, int) or self.router_copies < 1:
+            fail("router_copies", f"{self.router_copies!r} is not a positive count")
 
     @property
     def changes_routing(self) -> bool:

@@ -28,6 +28,9 @@ from romer.models.view import MoELayer, UnsupportedModelError
 from romer.routing.recorder import router_logits
 
 
+APPLY_TO = ("selection", "selection+gates")  # the corrected logits choose the experts, or also give the gates
+
+
 @dataclass
 class RouterFix:
     """Digital routing corrections for one MoE layer (all lists have length E where given)."""
