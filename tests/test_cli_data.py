@@ -79,3 +79,12 @@ def test_bad_data_options_are_one_line_errors(args, message):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_chip_that_breaks_the_model_is_an_error_not_a_nan(tmp_path):
+    """Gaussian η = 1e30 overflows the weights: one line, exit 2, no JSON written (it used to print PPL NaN, exit 0)."""
+    out = tmp_path / "ppl.json"
+    result = invoke("eval", "--model", "olmoe-tiny", "--preset", "gaussian", "--set", "chip.overrides.eta=1e30",
+                    "--chips", "1", "--max-tokens", "300", "--json", str(out))
+    assert result.exit_code == 2, result.output
+    assert "perplexities are not finite" in result.output and not out.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 from typing import Optional
@@ -107,6 +109,10 @@ def eval_command(
     if chip is not None:
         payload.update(preset=chip.preset.to_dict(), chip=chip.to_dict(), chips=count,
                        seeds=[c.seed for c in chip.series(count)])
+    broken = [p for p in payload.get("ppl_per_chip", []) if not math.isfinite(p)]
+    if broken:
+        raise UserError(f"{len(broken)} of {len(payload['ppl_per_chip'])} perplexities are not finite ({broken[0]}): "
+                        "the chip breaks the model numerically; change the noise settings")
     if write_json(json_path, payload):
         return
     how = f"mean ± std over {count} chips" if chip else "calibrated" if calibrated else "clean"
