@@ -110,6 +110,21 @@ def resolve_dtype(dtype: str | torch.dtype = torch.float32) -> torch.dtype:
     raise UserError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
 
 
+def check_coverage(info: dict, folder) -> None:
+    """Refuse weights that do not cover config.json exactly: a parameter config.json asks for that the files lack
+    (it would start random — e.g. a config saying 8 layers over 4 layers' weights) or a tensor in the files that
+    config.json does not use (it would be dropped — 2 layers over 4)."""
+    missing, unexpected = list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or [])
+    if missing:
+        raise ModelNotFoundError(f"{folder}: config.json asks for {len(missing)} tensor(s) the weights lack (first: "
+                                 f"{sorted(missing)[0]}): a config of another size (layers, experts) than the "
+                                 "checkpoint; they would start random")
+    if unexpected:
+        raise ModelNotFoundError(f"{folder}: the weights hold {len(unexpected)} tensor(s) config.json does not use "
+                                 f"(first: {sorted(unexpected)[0]}): a config of another size (layers, experts) "
+                                 "than the checkpoint; they would be dropped")
+
+
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
                *, allow_pickle: bool = False, trust_remote_code: bool = False, check_moe: bool = True,
                device_map: str | None = None):
@@ -134,9 +149,9 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
         raise UserError(f"device_map must be auto (or none), got {device_map!r}")
     placement = {"device_map": device_map} if device_map else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code, local_files_only=True, **placement)
+            trust_remote_code=trust_remote_code, local_files_only=True, output_loading_info=True, **placement)
     except (SafetensorError, OSError, EOFError) as error:
         raise ModelNotFoundError(f"{folder}: cannot read the weights ({_first_line(error)})") from error
     except ValueError as error:
@@ -148,6 +163,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
             raise ModelNotFoundError(f"{folder}: the weights' shapes do not match config.json (a checkpoint of "
                                      "another size, or an edited config)") from error
         raise
+    check_coverage(info, folder)
     model = (model if device_map else model.to(torch_device)).eval()
     check_finite(model, folder)
     use_sorted_experts(model)
