@@ -142,7 +142,7 @@ def _accuracy(rows: list[dict]) -> dict[str, dict]:
 def aggregate(store: ResultsStore | str, config_hash: str | None = None) -> list[dict]:
     """Table rows of one config's trials (default: the config of the latest stored trial), in config order."""
     if not isinstance(store, ResultsStore):
-        with ResultsStore(store) as opened:
+        with ResultsStore(store, read_only=True) as opened:
             return aggregate(opened, config_hash)
     config_hash = config_hash or store.latest_config_hash()
     if config_hash is None:

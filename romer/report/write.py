@@ -58,7 +58,7 @@ def _joined(values) -> str:
 
 def build_report(store_path: str | Path, config_hash: str | None = None, plots: bool = True) -> Report:
     """Read the store and aggregate one config (default: the config of the latest stored trial)."""
-    with ResultsStore(resolve_store(store_path)) as store:
+    with ResultsStore(resolve_store(store_path), read_only=True) as store:
         config_hash = _match_hash(store, config_hash) if config_hash else store.latest_config_hash()
         trials = store.rows(config_hash) if config_hash else []
         record = store.config(config_hash) if config_hash else None

@@ -114,11 +114,39 @@ def provenance() -> dict:
     return {"git": git_revision(), "versions": library_versions()}
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a romer store: nothing is created, migrated or switched (an empty file, another
+    application's database or a store of another schema is refused untouched; a store on a read-only mount is
+    read as immutable)."""
+    from romer.errors import UserError
+
+    if not path.is_file() or path.stat().st_size == 0:
+        raise UserError(f"no results store at {path}" + (" (the file is empty)" if path.is_file() else ""))
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:  # a WAL store on a read-only mount: no -shm file can be made beside it
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError:
+        raise UserError(f"{path} is not a romer results store (not an SQLite database)") from None
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if not {"configs", "trials", "runs"} <= tables or version != SCHEMA_VERSION:
+        db.close()
+        raise UserError(f"{path} is not a romer results store (schema {version}, tables "
+                        f"{', '.join(sorted(tables)) or 'none'})")
+    return db
+
+
 class ResultsStore:
     """A results database file (created on first use). Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        if read_only:
+            self._db = _open_read_only(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

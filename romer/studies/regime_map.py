@@ -95,7 +95,7 @@ def cells_from_store(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no results store at {path}")
-    with ResultsStore(path) as store:
+    with ResultsStore(path, read_only=True) as store:
         rows = store.rows()
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
