@@ -114,6 +114,8 @@ def test_calibrate_writes_a_folder_that_eval_reads(folder, tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"]["kind"] == "romer" and plan["chip"]["seed"] == 1 and plan["replacement"]
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert out.stat().st_mode & 0o777 == 0o755  # like every other output, not mkdtemp's 0700
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     js = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", "--model", str(out), "--split", "validation", "--window", "128",
                                  "--json", str(js)])

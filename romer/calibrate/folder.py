@@ -27,6 +27,14 @@ PLAN_FILE = "plan.json"
 CHIP_FILE = "chip.json"  # the chip whose read-back weights the folder holds
 
 
+def publish_modes(folder: Path) -> None:
+    """Give a staged output folder the modes every other romer output has: folders 0755, files 0644 (mkdtemp makes
+    0700, and libraries write some files 0600)."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: str | Path) -> Path:
     """Write ``model`` running ``plan`` on ``chip`` to the folder ``out`` (built in a temporary sibling folder,
     then renamed into place, so a failure never leaves a half-written folder). ``out`` must not exist."""
@@ -41,6 +49,7 @@ def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: st
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
         write_json_atomic(staging / CHIP_FILE, chip.to_dict())
+        publish_modes(staging)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
