@@ -109,3 +109,19 @@ def test_experiment_calibration_fills_what_a_method_does_not_set():
     assert by_name["romer"].window == 256 and by_name["romer"].sequences == 32
     assert by_name["P1 (1, 99), 8 calibration windows"].sequences == 8  # the method's own setting wins
     assert by_name["P1 (1, 99), 8 calibration windows"].window == 256
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["chip.chips=1e9"], "chips"), (["chip.chips=1000000000"], "must be ≤ 10000"),
+    (["chip.seed=9223372036854775808"], "seed"),
+])
+def test_chip_counts_and_seeds_beyond_their_limits_are_refused_before_any_work(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config("default", overrides)
+
+
+def test_an_empty_config_file_is_an_error_not_the_default_run(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing here\n")
+    with pytest.raises(UserError, match="empty.yaml is empty"):
+        load_config(str(path))

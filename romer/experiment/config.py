@@ -24,6 +24,8 @@ from romer.noise.presets import NoisePreset
 from romer.noise.registry import get_preset, noise_label
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+MAX_CHIPS = 10_000  # chips per setting: more is a typo (1e9), not a study
+MAX_SEED = 2**31 - 1 - MAX_CHIPS
 ZOO_MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny")
 METHOD_LISTS = {"default": default_methods, "ablations": ablation_methods}
 NOT_HASHED = {"name", "run"}  # labels and where/how it runs, not what is measured
@@ -86,8 +88,8 @@ class ChipSettings(_Strict):
     placements: list[str] = Field([DEFAULT_CHIP["placement"]], min_length=1)
     mapping: Literal["expert", "channel", "tile", "tensor"] = DEFAULT_CHIP["mapping"]
     t_inference: list[float] = Field([DEFAULT_CHIP["t_inference"]], min_length=1)
-    chips: int = Field(5, ge=1)
-    seed: int = Field(0, ge=0)
+    chips: int = Field(5, ge=1, le=MAX_CHIPS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # chip seeds seed … seed + chips − 1 stay below 2³¹ (SQLite, torch)
 
     @field_validator("presets", "placements", "t_inference", mode="before")
     @classmethod

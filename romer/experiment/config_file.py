@@ -39,7 +39,9 @@ def load_config(path_or_name: str | Path = "default", overrides: list[str] | tup
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config {path.name}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    data = {} if data is None else data
+    if data is None:
+        raise UserError(f"config {path.name} is empty: name the settings to change, or run a bundled config "
+                        f"({', '.join(bundled_configs())})")
     if not isinstance(data, dict):
         raise UserError(f"config {path.name}: expected a mapping of settings at the top, got {type(data).__name__}")
     for item in overrides:
