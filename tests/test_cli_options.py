@@ -255,3 +255,23 @@ def test_lm_eval_prints_no_git_error_outside_a_repository(tmp_path, monkeypatch,
     scores = evaluate_tasks(model, tokenizer, ["romer_cloze"], limit=2)
     assert scores["romer_cloze"].samples == 2
     assert "fatal" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--set", "models=[olmoe-tiny]", "--out", "{file}"], "--out {file} is a file; give a folder path"),
+    (["run", "--set", "models=[olmoe-tiny]", "--json", "{file}/x.json"],
+     "--json {file}/x.json cannot be written: {file} is a file"),
+    (["eval", "--model", "olmoe-tiny", "--json", "{file}/deeper/x.json"],
+     "--json {file}/deeper/x.json cannot be written: {file} is a file"),
+    (["stats", "--model", "olmoe-tiny", "--json", "{folder}"], "--json {folder} is a folder; give a file path"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, args, message):
+    file, folder = tmp_path / "a-file", tmp_path / "a-folder"
+    file.write_text("keep me\n")
+    folder.mkdir()
+    args = [a.format(file=file, folder=folder) for a in args]
+    result = subprocess.run([sys.executable, "-m", "romer.cli.main", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {message.format(file=file, folder=folder)}"]
+    assert file.read_text() == "keep me\n" and list(folder.iterdir()) == []

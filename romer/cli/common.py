@@ -366,3 +366,21 @@ def announce(out, chip: str | None, text: str | None, stderr: bool = False) -> N
             typer.echo(line, err=True)
         else:
             out.print(line, highlight=False, markup=False)
+
+
+def check_writable(path: str | Path | None, option: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder option naming a file, a file option
+    naming a folder, or a place under a file or an unwritable folder. ``-`` (stdout) and None pass."""
+    if path is None or str(path) == "-":
+        return
+    target = Path(path).expanduser()
+    if target.exists() and folder != target.is_dir():
+        raise UserError(f"{option} {target} is {'a file' if folder else 'a folder'}; give a "
+                        f"{'folder' if folder else 'file'} path")
+    existing = target if folder and target.exists() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {target} cannot be written: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {target} cannot be written: {existing} is not writable")

@@ -15,7 +15,7 @@ from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION,
                               MODEL_OPTION, ORDER_OPTION, PLACEMENT_OPTION, PPL_OPTION, PRESET_HELP, SEED_OPTION,
                               SET_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, TRUST_REMOTE_CODE_OPTION,
                               T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label, data_given,
-                              eval_spec, load_options, model_label, resolve_settings, user_errors)
+                              check_writable, eval_spec, load_options, model_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 from romer.errors import UserError
 
@@ -80,6 +80,7 @@ def eval_command(
         raise UserError(f"{model} is a calibrated model that already holds its chip's read-back weights; "
                         "evaluate it without --preset")
     spec = eval_spec(data["eval"])
+    check_writable(json_path, "--json")
     to_stdout = json_path == "-"
     loading = load_options(data["eval"], device_map, allow_pickle, trust_remote_code)
     lm, tokenizer = load(model, **loading)

@@ -12,7 +12,7 @@ from typer.core import TyperCommand
 
 from romer.cli.common import (BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, LIMIT_OPTION, MAX_TOKENS_OPTION,
                               ORDER_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, WINDOW_OPTION,
-                              announce, data_given, task_data_paths, user_errors)
+                              announce, check_writable, data_given, task_data_paths, user_errors)
 from romer.cli.output import console, table
 from romer.errors import UserError, interruption_exit_code
 
@@ -182,6 +182,9 @@ def run_command(
         raise UserError(f"--workers must be at least 1, got {workers}")
     out = out or Path(cfg.run.out or Path("runs") / cfg.name)
     store = store or Path(cfg.run.store or out / "results.sqlite")
+    check_writable(out, "--out", folder=True)  # before any work, not after it
+    check_writable(store, "--store")
+    check_writable(json_path, "--json")
     if evaluator is None:
         _check_models(cfg.models, cfg.eval.window, cfg.eval.batch_size, cfg.eval.device, cfg.eval.weights_dtype)
     chips = len(cfg.groups()) // len(cfg.models)

@@ -11,8 +11,8 @@ from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION,
                               DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION, MODEL_OPTION,
                               ORDER_OPTION, PLACEMENT_OPTION, PRESET_HELP, SEED_OPTION, SET_OPTION, SPLIT_OPTION,
                               TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given,
-                              chip_label, data_given, eval_spec, load_options, model_label, resolve_settings,
-                              user_errors)
+                              chip_label, check_writable, data_given, eval_spec, load_options, model_label,
+                              resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 
 @user_errors
@@ -52,6 +52,7 @@ def stats_command(
                                                    batch_size, device=device, dtype=dtype)}, settings)
     chip, chips = chip_from(data["chip"])
     spec = eval_spec(data["eval"])
+    check_writable(json_path, "--json")
     to_stdout = json_path == "-"
     lm, tokenizer = load_model(model, **load_options(data["eval"], device_map, allow_pickle, trust_remote_code))
     out, name = console(), model_label(model)
