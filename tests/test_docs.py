@@ -119,3 +119,13 @@ def test_readmes_config_is_the_shipped_example_and_loads(tmp_path):
     config = load_config(str(config_path))
     assert config.models == ["olmoe-tiny"] and config.eval.dataset == "text"
     assert config.calibration.data_path.endswith("calibration.txt")
+
+
+def test_every_generated_section_matches_the_committed_results(updater):
+    """The numbers in README and docs are what the committed results render to, byte for byte: a number edited by
+    hand, or results committed without `scripts/update_readme.py`, fails here."""
+    for name, section in updater.SECTIONS.items():
+        text = (ROOT / section.page).read_text(encoding="utf-8")
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        committed = text.split(begin)[1].split(end)[0].strip("\n")
+        assert committed == section.render(ROOT).strip("\n"), f"{section.page}: section {name} is stale"
