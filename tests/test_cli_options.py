@@ -245,15 +245,26 @@ def test_calibrate_on_a_single_text_file_and_eval_labels_the_folder(tmp_path):
     assert str(tmp_path) not in "\n".join(l for l in shown if l.startswith("|"))  # the folder's name, not its path
 
 
-def test_lm_eval_prints_no_git_error_outside_a_repository(tmp_path, monkeypatch, capfd):
-    """lm-eval runs `git describe`, whose error the subprocess writes straight to file descriptor 2."""
+def test_lm_eval_prints_no_git_error_and_starts_no_subprocess(tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe` (whose error the subprocess writes straight to file descriptor 2) and torch's
+    collect_env (a fork seen to hang a run): romer's evaluation starts neither."""
+    import subprocess as sp
+
     from romer.eval.zero_shot import evaluate_tasks
     from romer.models import load_model
 
     model, tokenizer = load_model("olmoe-tiny")
     monkeypatch.chdir(tmp_path)
+    started = []
+
+    class NoPopen:
+        def __init__(self, args, *rest, **options):
+            started.append(args)
+            raise RuntimeError(f"subprocess started: {args!r}")
+
+    monkeypatch.setattr(sp, "Popen", NoPopen)
     scores = evaluate_tasks(model, tokenizer, ["romer_cloze"], limit=2)
-    assert scores["romer_cloze"].samples == 2
+    assert scores["romer_cloze"].samples == 2 and started == []
     assert "fatal" not in capfd.readouterr().err
 
 

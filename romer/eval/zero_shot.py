@@ -172,7 +172,7 @@ def evaluate_tasks(
         # romer's own output and progress lines stay readable; the captured text is shown if lm-eval fails
         chatter = io.StringIO()
         with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
-                _quiet("lm_eval"), _no_git_subprocess():
+                _quiet("lm_eval"), _no_subprocesses():
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
                 log_samples=False, task_manager=manager, verbosity="ERROR",
@@ -184,21 +184,27 @@ def evaluate_tasks(
 
 
 @contextlib.contextmanager
-def _no_git_subprocess():
-    """lm-eval stamps its results with the working directory's commit by running `git describe`, whose "fatal: not a
-    git repository" goes straight to the terminal (the subprocess writes to the real stderr) once per evaluation
-    outside a repository: for this call only, read the commit from .git as lm-eval's own fallback does."""
+def _no_subprocesses():
+    """lm-eval shells out twice per evaluation, and romer keeps neither result: `git describe` for a commit stamp
+    (its "fatal: not a git repository" goes straight to the terminal outside a repository) and torch's
+    ``collect_env`` for an environment report (about 4 s, and a fork of this multi-threaded process that was seen
+    to hang in the child before its exec, stalling `romer run` until it was killed). For this call only: the commit
+    is read from .git as lm-eval's own fallback does, and the environment report is skipped."""
     import importlib
     import os
     from unittest import mock
 
     evaluator = importlib.import_module("lm_eval.evaluator")  # simple_evaluate's module (lm_eval loads it lazily)
-    if not hasattr(evaluator, "get_git_commit_hash"):
-        yield
-        return
-    from lm_eval.loggers.utils import get_commit_from_path
+    patches = []
+    if hasattr(evaluator, "get_git_commit_hash"):
+        from lm_eval.loggers.utils import get_commit_from_path
 
-    with mock.patch.object(evaluator, "get_git_commit_hash", lambda: get_commit_from_path(os.getcwd())):
+        patches.append(mock.patch.object(evaluator, "get_git_commit_hash", lambda: get_commit_from_path(os.getcwd())))
+    if hasattr(evaluator, "add_env_info"):
+        patches.append(mock.patch.object(evaluator, "add_env_info", lambda storage: None))
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
         yield
 
 
