@@ -246,8 +246,8 @@ def test_calibrate_on_a_single_text_file_and_eval_labels_the_folder(tmp_path):
 
 
 def test_lm_eval_prints_no_git_error_and_starts_no_subprocess(tmp_path, monkeypatch, capfd):
-    """lm-eval runs `git describe` (whose error the subprocess writes straight to file descriptor 2) and torch's
-    collect_env (a fork seen to hang a run): romer's evaluation starts neither."""
+    """lm-eval runs `git describe` (whose error the subprocess writes straight to file descriptor 2), torch's
+    collect_env and a forked bootstrap pool (a fork seen to hang a run): romer's evaluation starts none of them."""
     import subprocess as sp
 
     from romer.eval.zero_shot import evaluate_tasks
@@ -263,8 +263,9 @@ def test_lm_eval_prints_no_git_error_and_starts_no_subprocess(tmp_path, monkeypa
             raise RuntimeError(f"subprocess started: {args!r}")
 
     monkeypatch.setattr(sp, "Popen", NoPopen)
-    scores = evaluate_tasks(model, tokenizer, ["romer_cloze"], limit=2)
-    assert scores["romer_cloze"].samples == 2 and started == []
+    monkeypatch.setattr("multiprocessing.Pool", NoPopen)  # lm-eval's bootstrap pool forks this process
+    scores = evaluate_tasks(model, tokenizer, ["romer_cloze", "romer_nextsent"], limit=4)
+    assert scores["romer_cloze"].samples == 4 and started == []
     assert "fatal" not in capfd.readouterr().err
 
 

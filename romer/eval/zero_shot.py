@@ -172,7 +172,7 @@ def evaluate_tasks(
         # romer's own output and progress lines stay readable; the captured text is shown if lm-eval fails
         chatter = io.StringIO()
         with _shown_on_error(chatter), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
-                _quiet("lm_eval"), _no_subprocesses():
+                _quiet("lm_eval"), _in_this_process():
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=list(task_dict.values()), num_fewshot=0, limit=limit, bootstrap_iters=1000,
                 log_samples=False, task_manager=manager, verbosity="ERROR",
@@ -184,18 +184,20 @@ def evaluate_tasks(
 
 
 @contextlib.contextmanager
-def _no_subprocesses():
-    """lm-eval shells out twice per evaluation, and romer keeps neither result: `git describe` for a commit stamp
-    (its "fatal: not a git repository" goes straight to the terminal outside a repository) and torch's
-    ``collect_env`` for an environment report (about 4 s, and a fork of this multi-threaded process that was seen
-    to hang in the child before its exec, stalling `romer run` until it was killed). For this call only: the commit
-    is read from .git as lm-eval's own fallback does, and the environment report is skipped."""
+def _in_this_process():
+    """lm-eval starts other processes three ways per evaluation, and romer needs none of them: `git describe` for a
+    commit stamp (its "fatal: not a git repository" goes straight to the terminal outside a repository), torch's
+    ``collect_env`` for an environment report (about 4 s), and a ``multiprocessing.Pool`` of forked workers for
+    bootstrap standard errors (perplexity-type metrics). A fork of this multi-threaded process was seen to hang in
+    the child, stalling `romer run` until the child was killed. For this call only: the commit is read from .git
+    as lm-eval's own fallback does, the environment report is skipped, and the bootstrap runs in this process
+    (lm-eval's ``DISABLE_MULTIPROC``: the same seeded resamples, one after another)."""
     import importlib
     import os
     from unittest import mock
 
     evaluator = importlib.import_module("lm_eval.evaluator")  # simple_evaluate's module (lm_eval loads it lazily)
-    patches = []
+    patches = [mock.patch.dict(os.environ, {"DISABLE_MULTIPROC": "1"})]
     if hasattr(evaluator, "get_git_commit_hash"):
         from lm_eval.loggers.utils import get_commit_from_path
 
