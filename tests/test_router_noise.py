@@ -234,3 +234,13 @@ def test_routing_share_is_withheld_where_the_chip_did_not_raise_ppl():
     assert raised["routing_share"] == share
     flat = _withhold_shares({"routing_share": dict(share), "damage": interval([-0.5, 0.4, 0.3])})
     assert flat["routing_share"]["mean"] is None and "did not raise PPL" in flat["routing_share"]["withheld"]
+
+
+def test_study_summaries_leave_out_infinite_values():
+    """A router kept digital has an infinite weight SNR: the mean over chips is taken over finite values only."""
+    import math
+
+    from romer.studies.routing_study import _mean_std
+
+    assert _mean_std([math.inf, math.inf]) == {"mean": None, "std": None}
+    assert _mean_std([1.0, math.inf, 3.0, None, math.nan]) == {"mean": 2.0, "std": 2 ** 0.5}

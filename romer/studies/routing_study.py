@@ -17,7 +17,7 @@ import statistics
 
 from romer.calibrate import replacement as rep
 from romer.calibrate.config import ReplaceConfig
-from romer.estimators import interval
+from romer.estimators import finite, interval
 from romer.eval import perplexity
 from romer.noise.chip import Chip, program
 from romer.noise.snr import summarize_snr, weight_snr
@@ -34,7 +34,9 @@ PHYSICAL_LAYER_KEYS = ("router_snr_db", "experts_snr_db", "logit_snr_db", "syste
 
 
 def _mean_std(values: list[float]) -> dict:
-    values = [v for v in values if v is not None and not math.isnan(v)]
+    """Mean and sample std of the finite values (None, NaN and ±∞ — e.g. the SNR of a router kept digital — are
+    left out; no finite value gives None)."""
+    values = finite(values)
     if not values:
         return {"mean": None, "std": None}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
