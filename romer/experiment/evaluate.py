@@ -106,16 +106,20 @@ class Evaluator:
                 self._models[key] = (model.eval(), tokenizer)
         return self._models[key]
 
+    def evaluation(self, spec: dict) -> EvalSpec:
+        """The validated ``EvalSpec`` of a group's eval settings, built once per distinct settings."""
+        return self._memo(("spec", json.dumps(spec, sort_keys=True)), lambda: EvalSpec.from_dict(spec))
+
     def eval_text(self, name: str, spec: dict) -> str:
         """The evaluation text of ``spec`` (``romer.eval.spec.EvalSpec.text``) for this model's tokenizer, once."""
         _, tokenizer = self.model(name)
-        evaluation = EvalSpec.from_dict(spec)
+        evaluation = self.evaluation(spec)
         return self._memo(("text", name, evaluation.dataset, evaluation.data_path, evaluation.split,
                            evaluation.resolved_order, evaluation.max_tokens), lambda: evaluation.text(tokenizer))
 
     def tasks(self, model, tokenizer, spec: dict) -> dict:
         """``{task: {acc, acc_norm, acc_stderr, …, samples}}`` of the model as it is now, or {} without tasks."""
-        evaluation = EvalSpec.from_dict(spec)
+        evaluation = self.evaluation(spec)
         if not evaluation.tasks:
             return {}
         with self.clock("tasks"):
@@ -124,7 +128,7 @@ class Evaluator:
 
     def precision(self, spec: dict):
         """The evaluation's numeric context: autocast to ``spec["dtype"]`` unless that is float32."""
-        return EvalSpec.from_dict(spec).precision(parse_device(spec.get("device", "cpu")).type)
+        return self.evaluation(spec).precision(parse_device(spec.get("device", "cpu")).type)
 
     def clean(self, name: str, spec: dict):
         """(captured clean routing with its PPL, clean routing record) on the evaluation text."""
