@@ -91,13 +91,14 @@ def grid_html(grid: Grid) -> str:
 
 
 def page(title: str, rows: list[dict], plots: list, config: dict | None, config_hash: str | None, git: str,
-         versions: dict) -> str:
-    """The whole page as a string (deterministic for the same inputs)."""
+         versions: dict, setup: str = "") -> str:
+    """The whole page as a string (deterministic for the same inputs); ``setup``: the table's setup line."""
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{escape(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
              f"<h1>{escape(title)}</h1>",
              f"<p>config <code>{escape(str(config_hash))}</code> · git <code>{escape(git)}</code> · "
              + " · ".join(f"{escape(k)} {escape(str(v))}" for k, v in sorted(versions.items())) + "</p>",
+             *([f"<p>{escape(setup)}</p>"] if setup else []),
              "<h2>Results</h2>",
              "<p>PPL: token perplexity, mean ± sample std over chips, with the 95 % Student-t interval; reduction: "
              "100·(1 − PPL/PPL<sub>noisy</sub>); gap recovered: 100·(PPL<sub>noisy</sub> − PPL)/(PPL<sub>noisy</sub>"

@@ -119,8 +119,9 @@ def reduction_cell(row: dict) -> str:
     return _num(row.get("reduction_pct"), 1, " %") + ("" if ci is None else f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
 
 
-def markdown(rows: list[dict], title: str | None = None) -> str:
-    lines = [f"# {title}", ""] if title else []
+def markdown(rows: list[dict], title: str | None = None, setup: str | None = None) -> str:
+    """The rows as one markdown table under ``title`` and its ``setup`` line (romer.report.setup)."""
+    lines = ([f"# {title}", ""] if title else []) + ([setup, ""] if setup else [])
     columns, accuracy = header(rows), accuracy_keys(rows)
     lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(columns)))
               + "|"]

@@ -16,6 +16,7 @@ from romer.io import write_bytes_atomic, write_text_atomic
 from romer.report import html, tables
 from romer.report.aggregate import aggregate_rows, config_orders
 from romer.report.plots import Plot, make_plots
+from romer.report.setup import setup_line
 
 STORE_NAME = "results.sqlite"
 
@@ -30,6 +31,7 @@ class Report:
     config_hash: str | None
     git: str
     versions: dict
+    setup: str = ""
     plots: list[Plot] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
 
@@ -70,7 +72,8 @@ def build_report(store_path: str | Path, config_hash: str | None = None, plots: 
     versions = {k: _joined(t["versions"].get(k, "unknown") for t in trials) for k in libraries}
     name = record["name"] if record else "experiment"
     text = "" if not config else f" — {settings_label(config.get('eval') or {})}"
-    report = Report(f"romer report: {name}{text}", rows, config, config_hash, _joined(t["git"] for t in trials), versions)
+    report = Report(f"romer report: {name}{text}", rows, config, config_hash, _joined(t["git"] for t in trials), versions,
+                    setup_line(config, versions, rows))
     if plots:
         report.plots = make_plots(rows, trials, config_orders(config))
     return report
@@ -80,12 +83,12 @@ def write_report(store_path: str | Path, out_dir: str | Path, config_hash: str |
     """Write results.md / .csv / .json, plots/*.png and report.html into ``out_dir``; returns the report."""
     report = build_report(store_path, config_hash)
     out = Path(out_dir)
-    texts = {"markdown": ("results.md", tables.markdown(report.rows, report.title)),
+    texts = {"markdown": ("results.md", tables.markdown(report.rows, report.title, report.setup)),
              "csv": ("results.csv", tables.to_csv(report.rows)),
              "json": ("results.json", tables.to_json(report.rows, report.config, report.config_hash, report.git,
                                                      report.versions)),
              "html": ("report.html", html.page(report.title, report.rows, report.plots, report.config,
-                                               report.config_hash, report.git, report.versions))}
+                                               report.config_hash, report.git, report.versions, report.setup))}
     for key, (name, text) in texts.items():
         report.paths[key] = write_text_atomic(out / name, text)
     for plot in report.plots:

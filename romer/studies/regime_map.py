@@ -154,6 +154,8 @@ def headline(cells: list[dict], method: str = "romer", figure: str = "reduction_
     return {"cells": len(scored), "up_to": best, "up_to_cell": _label(best_cell),
             "up_to_interval": [best_cell["methods"][method][figure]["low"],
                                best_cell["methods"][method][figure]["high"]],
+            "up_to_chips": best_cell["methods"][method][figure]["n"],
+            "chips": sorted({f["n"] for f in figures}),
             "typical": statistics.median(v for _, v in scored), "hurts": [_label(c) for c in hurts],
             "alpha": alpha,
             "helps_holm": [_label(c) for c, v in fwer if v > 0], "hurts_holm": [_label(c) for c, v in fwer if v < 0],

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.estimators import spearman
+from romer.estimators import paired_reduction, spearman
 from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, distinct, present_models,
                                       regime_presets)
 PLACEMENTS = ("moe", "experts", "all")
@@ -106,7 +106,8 @@ def render(root: Path) -> str:
         f"({len(paired)} cells; negative: lower SNR, larger reduction). Pooled, that mixes placements and models; "
         f"split, it is {_rho_by(snr_cells, 'placement')} by placement and {_rho_by(snr_cells, 'model')} by model: "
         "the SNR tells where ROMER helps only within a placement and model where its ρ is strongly negative, and "
-        "the same SNR can mean a large gain on one model and none on another. Every cell: 3 chips (seeds 0–2), 4,096 validation tokens, 16 calibration windows of the train "
+        "the same SNR can mean a large gain on one model and none on another. Every cell: "
+        f"{chips_phrase(romer)} (seeds from 0), 4,096 validation tokens, 16 calibration windows of the train "
         "split (disjoint text). Regenerate: `make regime-map` (configs `regime`, `regime-deep`, `regime-time`, "
         "`regime-channel`, `regime-tensor`, `regime-repairs` in `romer/experiment/configs/`, then `python scripts/regime_map.py --update-readme`); "
         "every cell with every method is in `results/regime-map/cells.json`.",
@@ -119,7 +120,33 @@ def render(root: Path) -> str:
         + _axis(cells, "regime-time", "t", "t after programming") + "\n\n![ROMER's reduction against time](../results/regime-map/time.png)",
         "Mapping group (`regime-channel`, `regime-tensor`, with `regime`'s per-expert cells; placement `moe`):\n\n"
         + _mapping(mapping),
+        "Router repairs (`regime-repairs`, placement `moe`), each pair on the same chips: P1 on 4 averaged router "
+        "copies against P1 alone and against the 4 copies alone (PPL reduction %, mean over chips, 95 % interval):"
+        "\n\n" + _repairs(cells),
     ])
+
+
+def _versus(cell: dict, method: str, other: str) -> str:
+    """``method``'s PPL reduction against ``other`` on the same chips of ``cell``: ``+2.9 [+1.4, +4.4]``."""
+    a, b = cell["methods"].get(method), cell["methods"].get(other)
+    if not a or not b:
+        return "—"
+    f = paired_reduction(dict(zip(a["seeds"], a["ppl"])), dict(zip(b["seeds"], b["ppl"])))
+    return _pct(f)
+
+
+def _repairs(cells: list[dict]) -> str:
+    chosen = [c for c in cells if c["source"] == "regime-repairs"]
+    if not chosen:
+        return "_regime-repairs: not run yet (`make regime-map`)._"
+    lines = ["| model | preset | P1 + 4 copies vs P1 % | P1 + 4 copies vs 4 copies % | 4 copies vs P1 % |",
+             "|---|---|---|---|---|"]
+    for c in sorted(chosen, key=lambda c: present_models(chosen).index(c["model"])):
+        lines.append(f"| {c['model']} | {c['preset']} | " + " | ".join(
+            _versus(c, a, b) for a, b in (("P1 + 4 router copies", "recalibration"),
+                                          ("P1 + 4 router copies", "4 router copies"),
+                                          ("4 router copies", "recalibration"))) + " |")
+    return "\n".join(lines)
 
 
 def _rho_by(cells: list[dict], key: str) -> str:
@@ -133,9 +160,15 @@ def _rho_by(cells: list[dict], key: str) -> str:
     return ", ".join(parts)
 
 
+def chips_phrase(head: dict) -> str:
+    """``3 chips`` or ``3–5 chips`` per cell, from the headline's chip counts (3 for maps written before them)."""
+    counts = head.get("chips") or [3]
+    return f"{counts[0]} chips" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} chips"
+
+
 def _interval(head: dict) -> str:
     low, high = head.get("up_to_interval") or (None, None)
-    return "" if low is None else f"95 % interval [{low:.1f}, {high:.1f}] over its 3 chips; "
+    return "" if low is None else f"95 % interval [{low:.1f}, {high:.1f}] over its {head.get('up_to_chips', 3)} chips; "
 
 
 def _corrected(head: dict) -> str:
@@ -145,10 +178,10 @@ def _corrected(head: dict) -> str:
     counts = {k: len(head[k]) for k in ("helps_holm", "hurts_holm", "helps_bh", "hurts_bh")}
     return (f"Corrected for testing {head['cells']} cells at once, it helps in {counts['helps_holm']} and hurts in "
             f"{counts['hurts_holm']} (Holm, family-wise error {head['alpha']:g}), and helps in {counts['helps_bh']} "
-            f"and hurts in {counts['hurts_bh']} (Benjamini–Hochberg, false discovery rate {head['alpha']:g}): on 3 "
-            "chips a paired t-test has 2 degrees of freedom, so no single cell's effect survives the correction; "
-            "the map is read as a pattern across cells (the SNR correlation below), and a cell quoted on its own "
-            "needs more chips.")
+            f"and hurts in {counts['hurts_bh']} (Benjamini–Hochberg, false discovery rate {head['alpha']:g}), with "
+            f"{chips_phrase(head)} per cell (a paired t-test on 3 chips has 2 degrees of freedom); the map is read as "
+            "a pattern across cells (the SNR correlation below), and the cells quoted on their own are re-measured "
+            "on 5 chips.")
 
 
 def _mapping(cells: list[dict]) -> str:

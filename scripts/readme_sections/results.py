@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from readme_sections.regime import chips_phrase
+
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")
 KEY_METHODS = ("clean", "noisy", "recalibration", "romer")  # README's key result: the repair and its working part
 WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 31536000.0: "1 year"}
@@ -82,11 +84,8 @@ def section(root: Path, config: str, placement: str | None, cell, intro: str, al
     if not path.exists():
         return f"_{config}: not run yet (`romer run {config} --out results/{config}`)._"
     data = _rows(root, config, also)
-    tokens = {r["tokens"] for r in data}
-    chips = {r["chips"] for r in data}
-    return (f"{intro} — {'/'.join(map(str, sorted(tokens)))} tokens, {'/'.join(map(str, sorted(chips)))} chips "
-            f"(seeds {data[0]['seeds'][0]}…), window 512, {_dtype(root, config)}. {ESTIMATOR_NOTE}\n\n"
-            + table(data, cell, placement))
+    shown = [r for r in data if placement is None or r["placement"] == placement]
+    return f"{intro}. {_setup(root, config, shown, also)} {ESTIMATOR_NOTE}\n\n" + table(data, cell, placement)
 
 
 def render_main(root: Path) -> str:
@@ -137,10 +136,17 @@ def parts_line(rows: list[dict]) -> str:
             "chip, mean over chips, 95 % interval) — " + "; ".join(groups) + ".")
 
 
-def _dtype(root: Path, config: str) -> str:
-    """The evaluation dtype results/<config>/results.json was scored in (its config's eval.dtype)."""
-    path = root / "results" / config / "results.json"
-    return (json.loads(path.read_text()).get("config") or {}).get("eval", {}).get("dtype", "float32")
+def _setup(root: Path, config: str, rows: list[dict], also: tuple[str, ...] = ()) -> str:
+    """The setup line (romer.report.setup) of results/<config>/results.json and its ``also`` folders, for ``rows``:
+    the config's evaluation settings, the library versions the trials ran with (differing ones joined)."""
+    from romer.report.setup import setup_line
+
+    payloads = [json.loads(path.read_text()) for out in (config, *also)
+                if (path := root / "results" / out / "results.json").exists()]
+    libraries = sorted({k for p in payloads for k in p.get("versions", {})})
+    versions = {k: ", ".join(sorted({p["versions"][k] for p in payloads if k in p.get("versions", {})}))
+                for k in libraries}
+    return setup_line(payloads[0].get("config"), versions, rows)
 
 
 def _rows(root: Path, config: str, also: tuple[str, ...] = ()) -> list[dict]:
@@ -186,20 +192,19 @@ def render_key(root: Path) -> str:
     r = rows[0]
     when = WHEN.get(r["t"], f"{r['t']:g} s")
     parts = [f"Test perplexity (lower is better) on the default chip — {r['preset']}, t = {when}, MoE blocks analog — "
-             f"mean ± std over {r['chips']} chips, the first {r['tokens']:,} tokens of the bundled test split in its "
-             f"shuffled order, window 512, scored in {_dtype(root, config)}; in "
-             f"brackets the reduction against noisy, paired by chip. From `romer run {config} --out "
+             f"mean ± std over {r['chips']} chips; in brackets the reduction against noisy, paired by chip. "
+             f"{_setup(root, config, rows)} From `romer run {config} --out "
              f"results/{config}`; regenerate: `make main-result`. {ESTIMATOR_NOTE}\n\n"
              + table(rows, key_cell)]
     cells = root / "results" / "regime-map" / "cells.json"
     if cells.exists():
         head = json.loads(cells.read_text())["headline"]["romer"]["reduction_pct"]
         low, high = head.get("up_to_interval") or (None, None)
-        interval = "" if low is None else f", 95 % interval [{low:.1f}, {high:.1f}] over 3 chips"
+        interval = "" if low is None else f", 95 % interval [{low:.1f}, {high:.1f}] over {head.get('up_to_chips', 3)} chips"
         corrected = ("" if "helps_holm" not in head else
                      f" Corrected for testing all {head['cells']} cells (Holm), it helps in "
-                     f"{len(head['helps_holm'])} and hurts in {len(head['hurts_holm'])}: 3 chips per cell are too "
-                     "few for any single cell to stand on its own ([regime-map.md](docs/regime-map.md)).")
+                     f"{len(head['helps_holm'])} and hurts in {len(head['hurts_holm'])} ({chips_phrase(head)} per cell; "
+                     "[regime-map.md](docs/regime-map.md)).")
         parts.append(f"Over the {head['cells']} distinct cells of the regime map (noise scale, placement, mapping, "
                      f"time) ROMER lowers PPL by up to {head['up_to']:.1f} % (the best cell: {head['up_to_cell']}"
                      f"{interval}) and by {head['typical']:+.1f} % in the median cell.{corrected} Regenerate: "
