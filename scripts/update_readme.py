@@ -10,6 +10,8 @@ Sections (markers ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``; each lives 
     main-result  docs/results.md      main result, results/accuracy*/, main/     (`make main-result`)
     ablations    docs/results.md      ablations, results/<config>/               (`make ablations`)
     regime       docs/regime-map.md   when ROMER helps, results/regime-map/      (`make regime-map`)
+    replacement  docs/regime-map.md   replica vs split, results/regime-replacement/ (`make replacement-study`)
+    depth        docs/regime-map.md   depth vs width, results/regime-depth/      (`make replacement-study`)
 
 Written by other scripts (listed in :data:`WRITTEN_ELSEWHERE`, so that every generated section has one known
 page): ``run-time`` in docs/experiments.md (``scripts/time_run.py --update-readme``) and ``forward-throughput``,
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from readme_sections import SectionError, regime, results, routing, sensitivity, zoo
+from readme_sections import SectionError, regime, replacement, results, routing, sensitivity, zoo
 from romer.io import replace_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,8 @@ SECTIONS = {
     "main-result": Section("docs/results.md", results.render_main),
     "ablations": Section("docs/results.md", results.render_ablations),
     "regime": Section("docs/regime-map.md", regime.render),
+    "replacement": Section("docs/regime-map.md", replacement.render_replacement),
+    "depth": Section("docs/regime-map.md", replacement.render_depth),
 }
 # Sections other scripts write: name → (page, writer).
 WRITTEN_ELSEWHERE = {

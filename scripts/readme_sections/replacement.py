@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from readme_sections import SectionError
 from romer.estimators import paired_reduction
 from romer.report.setup import setup_line
 
@@ -17,11 +16,13 @@ VARIANTS = ("replica", "split")
 DEPTH_MODELS = ("olmoe-tiny", "olmoe-narrow", "olmoe-deep")
 
 
-def _load(root: Path, out: str) -> dict:
+def _load(root: Path, out: str) -> dict | None:
     path = root / "results" / out / "results.json"
-    if not path.exists():
-        raise SectionError(f"{path} is missing: run `romer run {out} --out results/{out}`")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _not_run(out: str) -> str:
+    return f"_{out}: not run yet (`romer run {out} --out results/{out}`)._"
 
 
 def _chips(row: dict) -> dict[int, float]:
@@ -54,6 +55,8 @@ def _models(rows: list[dict], order: tuple[str, ...] = ()) -> list[str]:
 
 def render_replacement(root: Path) -> str:
     data = _load(root, "regime-replacement")
+    if data is None:
+        return _not_run("regime-replacement")
     rows = data["rows"]
     by = _by(rows)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
@@ -94,6 +97,8 @@ def _shape(root: Path, model: str) -> str:
 
 def render_depth(root: Path) -> str:
     data = _load(root, "regime-depth")
+    if data is None:
+        return _not_run("regime-depth")
     rows = data["rows"]
     by = _by(rows)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
