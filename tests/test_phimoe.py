@@ -172,3 +172,35 @@ def test_calibrate_writes_a_folder_that_routes_by_the_plan(folder, tmp_path):
         cold = [c for c, _ in replaced["pairs"]]
         assert replaced["variant"] == "replica" and not layer.counts[cold].any()
     invoke(["eval", "--model", out, "--split", "validation", "--max-tokens", "2048", "--window", "128"])
+
+
+def test_a_folder_with_the_published_weight_names_loads_into_the_built_in_classes(folder, tmp_path):
+    """Phi-3.5-MoE's published safetensors name the block ``block_sparse_moe``, the router ``gate`` and each
+    expert's matrices ``w1`` (gate), ``w3`` (up), ``w2`` (down); transformers' built-in phimoe renames and fuses
+    them on load. Written that way by hand here, the folder loads into the same model."""
+    from safetensors.torch import load_file, save_file
+
+    published = {}
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        name = name.replace(".mlp.", ".block_sparse_moe.").replace(".router.weight", ".gate.weight")
+        if name.endswith("experts.gate_up_proj"):
+            for e, fused in enumerate(tensor):
+                gate, up = fused.chunk(2)
+                published[f"{name[:-len('gate_up_proj')]}{e}.w1.weight"] = gate.contiguous()
+                published[f"{name[:-len('gate_up_proj')]}{e}.w3.weight"] = up.contiguous()
+        elif name.endswith("experts.down_proj"):
+            for e, down in enumerate(tensor):
+                published[f"{name[:-len('down_proj')]}{e}.w2.weight"] = down.contiguous()
+        else:
+            published[name] = tensor
+    copy = tmp_path / "published"
+    copy.mkdir()
+    for f in folder.iterdir():
+        if f.name != "model.safetensors":
+            (copy / f.name).write_bytes(f.read_bytes())
+    save_file(published, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    ids = windows(2, 16)
+    (mine, _), (theirs, _) = romer.load(folder), romer.load(copy)
+    with torch.no_grad():
+        assert torch.equal(mine(input_ids=ids).logits, theirs(input_ids=ids).logits)
+    assert [l.rule for l in moe_layers(theirs)] == [RoutingRule(order="sparsemixer", jitter_eps=0.3)] * 2

@@ -14,8 +14,9 @@ Per decoder layer (``model.model.layers[i]`` or ``model.layers[i]``):
    seeded random hidden states. Its outputs tell the slot order (integer [T, k] indices, float [T, k] weights,
    optional float [T, E] logits) and top-k; then each candidate rule built from the router's attributes
    (``scoring_func``, ``norm_topk_prob``, ``num_group``/``n_group``, ``topk_group``, ``topk_method``,
-   ``routed_scaling_factor``, phimoe's ``router_jitter_noise`` for sparsemixer; see ``romer.models.rules``) is run on the same logits, and the first that
-   reproduces the router's indices and weights is the layer's rule. A named family
+   ``routed_scaling_factor``, phimoe's ``router_jitter_noise`` for sparsemixer; see ``romer.models.rules``) is
+   run on the same logits, and the first that reproduces the router's indices and weights is the layer's rule
+   (the probe runs in eval mode, so phimoe's training-only jitter and sampling never enter). A named family
    (``romer.models.families.EXPECTED_RULES``) only gets candidates of its listed kind. No match is an error
    naming what was found. On the meta device the probe reads shapes only and takes the first candidate.
 """
