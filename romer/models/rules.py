@@ -105,7 +105,7 @@ def select(rule: RoutingRule, top_k: int, z_choice: torch.Tensor, z_gate: torch.
 
     ``z_choice`` decides the selection, ``z_gate`` (default: the same) the gate weights; ``correction_bias`` [E]
     is added to the scores for the choice only; ``masked`` experts can never be chosen (they are excluded
-    before groups are scored).
+    before groups are scored; under sparsemixer they are no expert's near rival either).
     """
     masked = list(masked)
     if rule.order == "sparsemixer":
@@ -145,8 +145,7 @@ def _sparsemixer(eps: float, top_k: int, z_choice: torch.Tensor, z_gate: torch.T
     """Eval-mode sparsemixer (module docstring): expert j of the k is the largest ``z_choice`` among the experts
     not chosen before it and not ``masked``; its weight is the softmax of ``z_gate`` over its near rivals among
     those same experts (masked slots are no rivals: they are out of the router). The near-rival test runs in the
-    logits' own dtype (as the family's router computes it), the softmax in float32."""
-    z_gate = z_gate.to(z_choice.dtype)
+    gate logits' own dtype (as the family's router computes it), the softmax in float32."""
     open_slots = torch.ones(z_choice.shape, dtype=torch.bool, device=z_choice.device)
     open_slots[:, masked] = False
     weights, indices = [], []
