@@ -121,10 +121,10 @@ def case_dense_model(tmp, good):
 def case_unknown_layout(tmp, good):
     from tests.test_families import other
 
-    folder = tmp / "phimoe"  # sparsemixer routing: a rule romer does not know
-    other("phimoe").save_pretrained(folder)
+    folder = tmp / "minimax_m2"  # a router that needs the block's correction bias as an argument
+    other("minimax_m2").save_pretrained(folder)
     TOKENIZER.save_pretrained(folder)
-    return ["eval", "--model", str(folder)], "matches none of the routing rules romer knows"
+    return ["eval", "--model", str(folder)], "fails on [tokens, hidden] input"
 
 
 def case_pickle_only(tmp, good):

@@ -36,6 +36,7 @@ EXPECTED = {
     "deepseek_v3": ([1, 2], 1, False, RoutingRule(scoring="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
                                                   group_score="top2", **GROUPS), False, PLAIN),
     "gpt_oss": ([0, 1, 2], 0, False, RoutingRule(order="topk_softmax"), True, (True, False, True)),
+    "phimoe": ([0, 1, 2], 0, False, RoutingRule(order="sparsemixer", jitter_eps=0.3), False, PLAIN),
     "deepseek_v2-group": ([1, 2], 1, False, RoutingRule(routed_scaling_factor=1.5, masked_fill=0.0, n_group=4, topk_group=1),
                           False, PLAIN),
     "deepseek_v3-greedy": ([1, 2], 1, False, RoutingRule(scoring="sigmoid", norm_topk_prob=True,

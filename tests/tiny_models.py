@@ -24,6 +24,8 @@ CONFIGS = {
     "deepseek_v3": dict(MLA, **GROUPS, routed_scaling_factor=2.5, norm_topk_prob=True),
     "gpt_oss": dict(num_local_experts=E, intermediate_size=16, head_dim=8, sliding_window=16,
                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    # sparsemixer's near-rival band 2ε wide enough (Phi-3.5-MoE: ε = 0.01) that most tiny tokens have rivals
+    "phimoe": dict(num_local_experts=E, router_jitter_noise=0.3, input_jitter_noise=0.01),
 }
 # name → (model_type, overrides): the same family with another routing rule
 VARIANTS = {

@@ -10,11 +10,11 @@ each fixed router that recomputes the top-k selection and the gate weights from 
 * split pairs (variant split): every second token routed to a hot expert goes to its replica instead.
 
 Selection follows the layer's own rule (``romer.models.rules``: softmax or sigmoid scores, score-correction
-bias, group-limited top-k (deepseek), top-k-then-softmax (gpt_oss), optional renormalisation, routed scaling
-factor); masked slots are excluded before groups are scored. The gate weights come from z' ("selection+gates") or
-from the router's own z ("selection"). The hook returns the corrected logits in the router's logits slot, so
-a routing recorder installed after it sees what the calibrated model routes on. Layers without a fix keep
-their router untouched.
+bias, group-limited top-k (deepseek), top-k-then-softmax (gpt_oss), eval-mode sparsemixer (phimoe), optional
+renormalisation, routed scaling factor); masked slots are excluded before groups are scored (sparsemixer: they
+are no one's near rival either). The gate weights come from z' ("selection+gates") or from the router's own z
+("selection"). The hook returns the corrected logits in the router's logits slot, so a routing recorder
+installed after it sees what the calibrated model routes on. Layers without a fix keep their router untouched.
 """
 
 from __future__ import annotations

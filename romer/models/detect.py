@@ -14,8 +14,9 @@ Per decoder layer (``model.model.layers[i]`` or ``model.layers[i]``):
    seeded random hidden states. Its outputs tell the slot order (integer [T, k] indices, float [T, k] weights,
    optional float [T, E] logits) and top-k; then each candidate rule built from the router's attributes
    (``scoring_func``, ``norm_topk_prob``, ``num_group``/``n_group``, ``topk_group``, ``topk_method``,
-   ``routed_scaling_factor``; see ``romer.models.rules``) is run on the same logits, and the first that
-   reproduces the router's indices and weights is the layer's rule. A named family
+   ``routed_scaling_factor``, phimoe's ``router_jitter_noise`` for sparsemixer; see ``romer.models.rules``) is
+   run on the same logits, and the first that reproduces the router's indices and weights is the layer's rule
+   (the probe runs in eval mode, so phimoe's training-only jitter and sampling never enter). A named family
    (``romer.models.families.EXPECTED_RULES``) only gets candidates of its listed kind. No match is an error
    naming what was found. On the meta device the probe reads shapes only and takes the first candidate.
 """
@@ -33,6 +34,7 @@ from romer.models.families import (
     EXPECTED_RULES,
     GROUP_ATTRS,
     SCALE_ATTRS,
+    SPARSEMIXER_ATTRS,
     DenseModelError,
     UnsupportedModelError,
 )
@@ -275,8 +277,11 @@ def _candidates(mtype: str | None, router: nn.Module, corrected: bool) -> list[R
         groups = [(n_group, topk_group, "top2", -math.inf)]
     else:
         groups = [(n_group, topk_group, "top2", -math.inf), (n_group, topk_group, "max", 0.0)]
-    rules = candidate_rules(scorings, norms, groups, scale,
-                            topk_softmax=not corrected and groups == [NO_GROUPS] and "softmax" in scorings)
+    plain = not corrected and groups == [NO_GROUPS] and "softmax" in scorings
+    eps = next((float(v) for v in (getattr(router, a, None) for a in SPARSEMIXER_ATTRS)
+                if isinstance(v, (int, float))), None)
+    rules = candidate_rules(scorings, norms, groups, scale, topk_softmax=plain,
+                            sparsemixer_eps=eps if plain else None)
     expected = EXPECTED_RULES.get(mtype)
     return [r for r in rules if (r.scoring, r.order) == expected] if expected else rules
 

@@ -34,6 +34,7 @@ EXPECTED_RULES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "deepseek_v2": ("softmax", "score_topk"),
     "deepseek_v3": ("sigmoid", "score_topk"),
     "gpt_oss": ("softmax", "topk_softmax"),
+    "phimoe": ("softmax", "sparsemixer"),
 })
 NAMED_FAMILIES: tuple[str, ...] = tuple(EXPECTED_RULES)
 
@@ -48,3 +49,4 @@ CONFIG_ALIASES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 # Router attributes read for the rule (transformers 5 routers and the remote-code MoEGate).
 GROUP_ATTRS = ("num_group", "n_group")
 SCALE_ATTRS = ("routed_scaling_factor",)
+SPARSEMIXER_ATTRS = ("router_jitter_noise",)  # phimoe's ε: a router with it also gets a sparsemixer candidate

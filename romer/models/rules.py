@@ -1,6 +1,6 @@
 """Routing rules of MoE routers: which experts a token goes to, and with which gate weights, from router logits.
 
-A rule maps logits z [tokens, E] to (gate weights [tokens, k], expert indices [tokens, k]). Two orders exist:
+A rule maps logits z [tokens, E] to (gate weights [tokens, k], expert indices [tokens, k]). Three orders exist:
 
 * ``score_topk`` (most families): scores s = softmax(z) or sigmoid(z); the choice c = s (+ a score-correction
   bias b_e for selection only, deepseek_v3 / glm4_moe / dots1 / ernie4_5_moe); optionally group-limited
@@ -9,6 +9,13 @@ A rule maps logits z [tokens, E] to (gate weights [tokens, k], expert indices [t
   groups stay selectable, the others filled with ``masked_fill``); top-k of c; weights w = s at the chosen
   experts, renormalised to sum 1 when ``norm_topk_prob`` (w / (Σw + 1e-20)), times ``routed_scaling_factor``.
 * ``topk_softmax`` (gpt_oss, granitemoe): top-k of z, then softmax over the k chosen logits.
+* ``sparsemixer`` (phimoe, Phi-3.5-MoE; in eval mode, where it is deterministic): the k experts are chosen one
+  after the other, each the largest logit among those not chosen yet (so the choice is the top-k of z, in
+  order). Chosen expert i with logit m = z_i gets the gate weight of a softmax restricted to its near rivals: the
+  experts j not chosen before it with (m − z_j) / max(|z_j|, m) ≤ 2ε (ε = the router's ``router_jitter_noise``,
+  0.01 in Phi-3.5-MoE); w_i = exp(z_i) / Σ_{rivals j} exp(z_j). The weights are not renormalised (a token whose
+  first choice has no rival gets weight 1 for it, its second may get 1 too). Training-mode sparsemixer samples
+  (Gumbel) and jitters the input; romer never trains a router, so only the eval rule exists here.
 
 ``select`` takes the logits for the choice and for the gates separately, so that digital corrections
 (``romer.calibrate.routing_rule``) can bias the choice only; with both equal it is the router's own rule.
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 SCORINGS = ("softmax", "sigmoid")
-ORDERS = ("score_topk", "topk_softmax")
+ORDERS = ("score_topk", "topk_softmax", "sparsemixer")
 GROUP_SCORES = ("max", "top2")
 
 
@@ -39,12 +46,16 @@ class RoutingRule:
     topk_group: int = 1
     group_score: str = "max"
     masked_fill: float = -math.inf
+    jitter_eps: float = 0.0  # sparsemixer only: ε of the near-rival test (the router's ``router_jitter_noise``)
 
     def __post_init__(self):
         if self.scoring not in SCORINGS or self.order not in ORDERS or self.group_score not in GROUP_SCORES:
             raise ValueError(f"bad routing rule {self}")
         if self.order == "topk_softmax" and (self.scoring != "softmax" or self.n_group > 1):
             raise ValueError("top-k-then-softmax routing has softmax scoring and no groups")
+        if self.order == "sparsemixer" and (self.scoring != "softmax" or self.n_group > 1 or self.norm_topk_prob
+                                            or not self.jitter_eps >= 0):
+            raise ValueError("sparsemixer routing has softmax scoring, no groups, no renormalisation and ε ≥ 0")
 
     @property
     def group_limited(self) -> bool:
@@ -54,6 +65,8 @@ class RoutingRule:
         """A short human-readable name, e.g. ``sigmoid top-k, 8 groups keep 4 (top2), renormalised, ×2.5``."""
         if self.order == "topk_softmax":
             parts = ["top-k of logits, softmax over k"]
+        elif self.order == "sparsemixer":
+            parts = [f"sparsemixer top-k, softmax over rivals within 2ε = {2 * self.jitter_eps:g}"]
         else:
             parts = [f"{self.scoring} top-k"]
             if self.group_limited:
@@ -92,11 +105,17 @@ def select(rule: RoutingRule, top_k: int, z_choice: torch.Tensor, z_gate: torch.
 
     ``z_choice`` decides the selection, ``z_gate`` (default: the same) the gate weights; ``correction_bias`` [E]
     is added to the scores for the choice only; ``masked`` experts can never be chosen (they are excluded
-    before groups are scored).
+    before groups are scored; under sparsemixer they are no expert's near rival either).
     """
+    masked = list(masked)
+    if rule.order == "sparsemixer":
+        if correction_bias is not None:
+            raise ValueError("sparsemixer routing has no score-correction bias")
+        weights, indices = _sparsemixer(rule.jitter_eps, top_k, z_choice, z_choice if z_gate is None else z_gate,
+                                        masked)
+        return weights * rule.routed_scaling_factor, indices
     z_choice = z_choice.float()
     z_gate = z_choice if z_gate is None else z_gate.float()
-    masked = list(masked)
     if rule.order == "topk_softmax":
         choice = z_choice
         if masked:
@@ -121,13 +140,36 @@ def select(rule: RoutingRule, top_k: int, z_choice: torch.Tensor, z_gate: torch.
     return weights * rule.routed_scaling_factor, indices
 
 
+def _sparsemixer(eps: float, top_k: int, z_choice: torch.Tensor, z_gate: torch.Tensor, masked: Sequence[int]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode sparsemixer (module docstring): expert j of the k is the largest ``z_choice`` among the experts
+    not chosen before it and not ``masked``; its weight is the softmax of ``z_gate`` over its near rivals among
+    those same experts (masked slots are no rivals: they are out of the router). The near-rival test runs in the
+    gate logits' own dtype (as the family's router computes it), the softmax in float32."""
+    open_slots = torch.ones(z_choice.shape, dtype=torch.bool, device=z_choice.device)
+    open_slots[:, masked] = False
+    weights, indices = [], []
+    for _ in range(top_k):
+        pick = z_choice.masked_fill(~open_slots, -math.inf).argmax(dim=-1, keepdim=True)
+        own = z_gate.gather(1, pick)
+        far = (own - z_gate) / z_gate.abs().clamp(min=own) > 2 * eps
+        rivals = z_gate.float().masked_fill(far | ~open_slots, -math.inf)
+        weights.append(torch.softmax(rivals, dim=-1).gather(1, pick))
+        indices.append(pick)
+        open_slots = open_slots.scatter(1, pick, False)
+    return torch.cat(weights, dim=1), torch.cat(indices, dim=1)
+
+
 def candidate_rules(scorings: Sequence[str], norms: Sequence[bool], groups: Sequence[tuple[int, int, str, float]],
-                    scale: float, topk_softmax: bool) -> list[RoutingRule]:
+                    scale: float, topk_softmax: bool, sparsemixer_eps: float | None = None) -> list[RoutingRule]:
     """Every rule built from the given options, in the given order of preference (``groups`` holds
-    ``(n_group, topk_group, group_score, masked_fill)`` tuples; (1, 1, "max", -inf) means no groups)."""
+    ``(n_group, topk_group, group_score, masked_fill)`` tuples; (1, 1, "max", -inf) means no groups); a
+    sparsemixer rule last when ``sparsemixer_eps`` is given."""
     rules = [RoutingRule(scoring=s, norm_topk_prob=n, routed_scaling_factor=scale, n_group=g, topk_group=tg,
                          group_score=gs, masked_fill=fill)
              for s in scorings for (g, tg, gs, fill) in groups for n in norms]
     if topk_softmax:
         rules.append(RoutingRule(order="topk_softmax", routed_scaling_factor=scale))
+    if sparsemixer_eps is not None:
+        rules.append(RoutingRule(order="sparsemixer", routed_scaling_factor=scale, jitter_eps=sparsemixer_eps))
     return rules
