@@ -51,7 +51,7 @@ def test_a_failed_write_leaves_the_readme_whole(updater, readme, monkeypatch):
 
 PAGES = {"key-result": "README.md", "zoo": "docs/zoo.md", "sensitivity": "docs/chips.md",
          "routing": "docs/routing.md", "main-result": "docs/results.md", "ablations": "docs/results.md",
-         "regime": "docs/regime-map.md"}
+         "regime": "docs/regime-map.md", "replacement": "docs/regime-map.md", "depth": "docs/regime-map.md"}
 
 
 def pages(root: Path, names: list[str]) -> dict[Path, str]:
@@ -117,6 +117,11 @@ def updater_note(updater) -> str:
     return importlib.import_module("readme_sections.results").ESTIMATOR_NOTE
 
 
+# The setup line of a results.json holding rows alone (no config, no versions): 1000 tokens, seeds 0–2.
+SETUP = ("Setup: bundled test, shuffled order, first 1,000 tokens, windows of 512, float32 on cpu · 3 chips "
+         "(seeds 0–2) · reductions paired by chip (mean of per-chip figures, 95 % Student-t interval).")
+
+
 def test_main_result_table_from_a_tiny_report(updater, tmp_path):
     rows = [row("olmoe-tiny", "clean", "clean", "moe", 10.0, 0.5),
             row("qwenmoe-tiny", "clean", "clean", "moe", 9.0, 0.3),
@@ -130,16 +135,14 @@ def test_main_result_table_from_a_tiny_report(updater, tmp_path):
     (tmp_path / "results/main/results.json").write_text(json.dumps({"rows": rows}))
     note = updater_note(updater)
     assert updater.SECTIONS["main-result"].render(tmp_path) == (
-        "**`romer run main --out results/main`**, test split, placement `moe` — 1000 tokens, 3 chips (seeds 0…), "
-        f"window 512, float32. {note}\n\n"
+        f"**`romer run main --out results/main`**, test split, placement `moe`. {SETUP} {note}\n\n"
         "| method | olmoe-tiny | qwenmoe-tiny |\n"
         "|---|---:|---:|\n"
         "| clean | 10.00 (CV 0.50) | 9.00 (CV 0.30) |\n"
         "| P1 | 12.35 ± 0.50 · -12.3 % [-20.0, -4.5] · gap 57 % · CV 0.80→0.40 · dig. 5.0 % | "
         "8.50 ± 0.10 · +3.2 %ᵐ · gap 40 %ᵐ · CV 0.50→0.20 |\n"
         "\n"
-        "**`romer run main --out results/main`**, test split, placement `all` — 1000 tokens, 3 chips (seeds 0…), "
-        f"window 512, float32. {note}\n\n"
+        f"**`romer run main --out results/main`**, test split, placement `all`. {SETUP} {note}\n\n"
         "| method | olmoe-tiny |\n"
         "|---|---:|\n"
         "| clean | 11.00 (CV 0.25) |")
@@ -164,9 +167,8 @@ def test_key_result_from_a_tiny_report(updater, tmp_path):
         "cells": 12, "up_to": 55.55, "up_to_cell": "olmoe-tiny · pcm×50 · moe", "typical": 0.25, "hurts": []}}}}))
     assert updater.SECTIONS["key-result"].render(tmp_path) == (
         "Test perplexity (lower is better) on the default chip — pcm×10, t = 1 day, MoE blocks analog — mean ± std "
-        "over 3 chips, the first 1,000 tokens of the bundled test split in its shuffled order, window 512, scored in "
-        "float32; in brackets the reduction against noisy, paired by chip. From `romer run accuracy --out "
-        f"results/accuracy`; regenerate: `make main-result`. {updater_note(updater)}\n\n"
+        f"over 3 chips; in brackets the reduction against noisy, paired by chip. {SETUP} From `romer run accuracy "
+        f"--out results/accuracy`; regenerate: `make main-result`. {updater_note(updater)}\n\n"
         "| method | olmoe-tiny |\n"
         "|---|---:|\n"
         "| clean | 10.00 |\n"

@@ -16,9 +16,9 @@ def test_setup_line_states_precision_device_versions_text_chips_and_estimator():
 
 
 def test_setup_line_of_an_old_store_without_eval_settings_says_the_defaults_and_mixed_chip_counts():
-    rows = [{"chips": 3, "seeds": [0, 1, 2]}, {"chips": 1, "seeds": [0]}]
+    rows = [{"chips": 3, "seeds": [0, 1, 2], "tokens": 1000}, {"chips": 1, "seeds": [0], "tokens": 1000}]
     line = setup_line(None, {"torch": "2.13.0+cpu"}, rows)
-    assert line.startswith("Setup: bundled test, shuffled order, whole split, windows of 512, float32 on cpu · "
+    assert line.startswith("Setup: bundled test, shuffled order, first 1,000 tokens, windows of 512, float32 on cpu · "
                            "torch 2.13.0+cpu · 1/3 chips (seeds 0–2) · ")
     assert "transformers" not in line
 

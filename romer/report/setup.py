@@ -31,6 +31,9 @@ def setup_line(config: Mapping | None, versions: Mapping, rows: Sequence[Mapping
     config: the experiment config as stored (its ``eval`` section; None for a store without one); versions: library
     → version string as the trials recorded them; rows: the aggregated rows the table shows (chips and seeds)."""
     settings = dict((config or {}).get("eval") or {})
+    tokens = {r["tokens"] for r in rows if r.get("tokens")}
+    if config is None and len(tokens) == 1:  # a report without its config: the rows say how many tokens
+        settings["max_tokens"] = tokens.pop()
     dtype, weights = settings.get("dtype", "float32"), settings.get("weights_dtype")
     text = (f"{settings_label(settings)} on {settings.get('device', 'cpu')}"
             + ("" if weights in (None, dtype) else f" (weights {weights})"))
