@@ -165,6 +165,7 @@ def calibrate_command(
     from romer.calibrate.folder import save_calibrated
     from romer.models import load_model, resolve_model_dir
     from romer.models.memory import check_fits
+    from romer.staging import remove_stale
 
     given = {**chip_given(preset, None, seed, t, placement, mapping), "method.kind": method,
              "calibration.sequences": sequences, "calibration.dataset": calibration_dataset,
@@ -174,6 +175,7 @@ def calibrate_command(
     config = method_from(data)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
+    remove_stale(out)  # staging folders an earlier, killed calibrate to the same place left beside it
     chip, _ = chip_from(data["chip"], needed=True)
     loading = load_options(data["eval"])
     target, weights_dtype = loading["device"], loading["dtype"]
