@@ -57,7 +57,8 @@ def test_two_runs_on_one_store_split_the_trials(tmp_path, backend):
     config = load_config("default", SMALL)
     assert set(computed) == {g.trial_key(m) for g in config.groups() for m in g.method_names}
     assert set(computed.values()) == {1}, "a trial was computed twice"
-    assert "4 trials computed" in outputs[0][0] and "20 trials computed" in outputs[1][0]
+    assert "4 trials computed, 0 already stored, 20 stored by another process" in outputs[0][0]
+    assert "20 trials computed, 0 already stored, 4 stored by another process" in outputs[1][0]
     with ResultsStore(out / "results.sqlite") as store:
         assert sorted(run["computed"] for run in store.runs()) == [4, 20]
         assert store.count() == TOTAL and store.leases() == {}

@@ -10,7 +10,7 @@ import typer
 
 from romer.cli.common import (DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION,
                               PRESET_HELP, SEED_OPTION, T_OPTION, announce, chip_from, chip_given, chip_label,
-                              load_options, resolve_settings, user_errors)
+                              check_writable, load_options, resolve_settings, user_errors)
 from romer.cli.output import console, table
 from romer.methods import plan_kinds
 from romer.errors import UserError
@@ -175,6 +175,7 @@ def calibrate_command(
     config = method_from(data)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
+    check_writable(out, "--out", folder=True)  # before the work, not after it
     remove_stale(out)  # staging folders an earlier, killed calibrate to the same place left beside it
     chip, _ = chip_from(data["chip"], needed=True)
     loading = load_options(data["eval"])
