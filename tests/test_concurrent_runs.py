@@ -116,3 +116,35 @@ def test_claims_skip_held_trials_and_wait_for_them(tmp_path):
             store.add(groups[0], fake_result(groups[0], method), {"git": "x", "versions": {}})
         assert claims.take() is None and sorted(told) == sorted(groups[0].method_names)
         assert claims.stored_elsewhere == 4
+
+
+def test_a_run_that_fails_releases_its_leases_and_keeps_its_error(tmp_path, monkeypatch):
+    """A full disk while storing trial 3: the error that ends the run is the one raised (not one from releasing the
+    leases), and no lease outlives the run."""
+    import sqlite3
+
+    from romer.experiment.runner import run_experiment
+    from tests.test_experiment_runner import fake_evaluator
+
+    real_add, calls = ResultsStore.add, []
+
+    def full_disk_at_the_third(self, group, result, prov=None):
+        calls.append(result["method"])
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_add(self, group, result, prov)
+
+    monkeypatch.setattr(ResultsStore, "add", full_disk_at_the_third)
+    config = load_config("default", SMALL)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        run_experiment(config, tmp_path / "s.sqlite", evaluator=fake_evaluator, progress=False)
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        assert store.count() == 2 and store.leases() == {}
+
+    def locked(self, owner, keys=None):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ResultsStore, "release", locked)  # releasing fails too: the first error still ends the run
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        run_experiment(config, tmp_path / "s.sqlite", evaluator=fake_evaluator, progress=False)

@@ -11,6 +11,7 @@ Work items are ``(group, method names)``; a group needs only ``trial_key(name)``
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +44,12 @@ class Heartbeat:
     def _beat(self) -> None:
         from romer.store.sqlite import ResultsStore
 
-        with ResultsStore(self.path) as store:
-            while not self._stop.wait(self.times.renew_s):
-                store.renew(self.owner, self.times.ttl_s)
+        try:
+            with ResultsStore(self.path) as store:
+                while not self._stop.wait(self.times.renew_s):
+                    store.renew(self.owner, self.times.ttl_s)
+        except sqlite3.Error:  # a full disk, a store locked for long: the run itself reports it; a lease not
+            return  # renewed only expires (a trial stored twice keeps the first row)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -56,8 +60,11 @@ class Heartbeat:
 
         self._stop.set()
         self._thread.join()
-        with ResultsStore(self.path) as store:
-            store.release(self.owner)
+        try:
+            with ResultsStore(self.path) as store:
+                store.release(self.owner)
+        except sqlite3.Error:  # never hide the error that ends the run; leases of an ended owner are taken over
+            pass
 
 
 class TrialClaims:
@@ -129,4 +136,9 @@ class TrialClaims:
         self._wake.wait(self.times.poll_s)
 
     def done(self, group, names) -> None:
-        self.store.release(self.owner, [group.trial_key(name) for name in names])
+        """Release a finished or failed item's leases; a release that fails leaves them to the run's end (the
+        heartbeat releases every lease) or, failing that, to the next process (this owner will have ended)."""
+        try:
+            self.store.release(self.owner, [group.trial_key(name) for name in names])
+        except sqlite3.Error:  # never hide the error that is ending the item
+            pass
