@@ -90,6 +90,18 @@ def case_config_latin1(tmp, good):
     return ["eval", "--model", str(folder)], "config.json: not UTF-8 text"
 
 
+def case_config_is_a_folder(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    return ["eval", "--model", str(folder)], "config.json: cannot be read"
+
+
+def case_config_value_of_the_wrong_type(tmp, good):
+    folder = edit_config(copy_folder(good, tmp / "m"), num_experts="eight")
+    return ["eval", "--model", str(folder), "--window", "32"], "config.json: Validation error for field 'num_experts'"
+
+
 def case_no_tokenizer(tmp, good):
     folder = copy_folder(good, tmp / "m")
     for name in ("tokenizer.json", "tokenizer_config.json"):

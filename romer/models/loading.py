@@ -73,6 +73,8 @@ def read_config(folder: Path, trust_remote_code: bool = False) -> dict:
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:  # a folder named config.json, a file that cannot be read
+        raise ModelNotFoundError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
     except UnicodeDecodeError as error:
         raise ModelNotFoundError(f"{path}: not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
     except json.JSONDecodeError as error:
@@ -143,6 +145,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
     noise on the device that tensor lives on. Fused experts run ``romer.models.sorted_experts`` (the same
     numbers as transformers' ``grouped_mm`` to float rounding, faster on the CPU).
     """
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     from romer.models.sorted_experts import use_sorted_experts
@@ -161,6 +164,8 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
                 trust_remote_code=trust_remote_code, local_files_only=True, output_loading_info=True, **placement)
     except (SafetensorError, OSError, EOFError) as error:
         raise ModelNotFoundError(f"{folder}: cannot read the weights ({_first_line(error)})") from error
+    except StrictDataclassError as error:  # a config.json value of the wrong type (e.g. "num_experts": "eight")
+        raise ModelNotFoundError(f"{folder}/config.json: {_first_line(error)}") from None
     except ValueError as error:
         if "remote code" in str(error) or "trust_remote_code" in str(error):
             raise UnsafeModelError(f"{folder}: {_first_line(error)}") from error
