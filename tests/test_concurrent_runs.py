@@ -148,3 +148,33 @@ def test_a_run_that_fails_releases_its_leases_and_keeps_its_error(tmp_path, monk
     calls.clear()
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         run_experiment(config, tmp_path / "s.sqlite", evaluator=fake_evaluator, progress=False)
+
+
+def test_a_renewed_lease_outlives_its_first_expiry(tmp_path):
+    config = load_config("default", SMALL)
+    _, keys = group_keys(config)
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        assert store.claim(keys, "me:1:1", ttl_s=10, now=0) == keys
+        assert store.renew("me:1:1", ttl_s=10, now=8) == 4
+        assert store.claim(keys, "you:2:2", ttl_s=10, now=12) == set()  # renewed until 18
+        assert store.claim(keys, "you:2:2", ttl_s=10, now=18) == keys
+
+
+def test_the_heartbeat_renews_from_its_thread_and_releases_on_exit(tmp_path):
+    """A lease that expired long ago (Unix time 10) is renewed by the heartbeat's own connection; on exit every
+    lease of the owner is gone. Waits on the store's state (a watchdog bounds it), never on a sleep."""
+    import time
+
+    from romer.store.lease import Heartbeat
+
+    config = load_config("default", SMALL)
+    _, keys = group_keys(config)
+    path = tmp_path / "s.sqlite"
+    with ResultsStore(path) as store:
+        store.claim(keys, "me:1:1", ttl_s=10, now=0)
+        with Heartbeat(path, "me:1:1", LeaseTimes(ttl_s=600, renew_s=0)):
+            watchdog = time.monotonic() + SAFETY_S
+            while min(expires for _, expires in store.leases().values()) < 1e9:
+                assert time.monotonic() < watchdog, "the heartbeat never renewed"
+            assert all(expires > time.time() + 500 for _, expires in store.leases().values())
+        assert store.leases() == {}
