@@ -83,6 +83,44 @@ def case_config_not_json(tmp, good):
     return ["eval", "--model", str(folder)], "config.json"
 
 
+def case_config_latin1(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_bytes(json.dumps({**config, "note": "café"}, ensure_ascii=False).encode("latin-1"))
+    return ["eval", "--model", str(folder)], "config.json: not UTF-8 text"
+
+
+def case_config_is_a_folder(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    return ["eval", "--model", str(folder)], "config.json: cannot be read"
+
+
+def case_config_value_of_the_wrong_type(tmp, good):
+    folder = edit_config(copy_folder(good, tmp / "m"), num_experts="eight")
+    return ["eval", "--model", str(folder), "--window", "32"], "config.json: Validation error for field 'num_experts'"
+
+
+def case_no_tokenizer(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    return ["eval", "--model", str(folder), "--window", "32"], "no tokenizer"
+
+
+def case_corrupt_tokenizer(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {')
+    return ["eval", "--model", str(folder), "--window", "32"], "tokenizer.json: not valid JSON"
+
+
+def case_tokenizer_of_another_kind(tmp, good):
+    folder = copy_folder(good, tmp / "m")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
+    return ["eval", "--model", str(folder), "--window", "32"], "cannot load the tokenizer"
+
+
 def case_corrupt_safetensors(tmp, good):
     folder = copy_folder(good, tmp / "m")
     (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
@@ -199,6 +237,37 @@ def case_unwritable_output(tmp, good):
     return ["noise", "show", "pcm", "--json", str(tmp / "a-file" / "out.json")], "a-file"
 
 
+def case_calibrate_out_under_a_file(tmp, good):
+    (tmp / "a-file").write_text("")
+    return ["calibrate", "--model", str(good), "--out", str(tmp / "a-file" / "out"), "--sequences", "2",
+            "--set", "calibration.window=32"], "a-file is a file"
+
+
+def case_report_out_is_a_file(tmp, good):
+    (tmp / "a-file").write_text("")
+    return ["report", str(store_of_two_trials(tmp)), "--out", str(tmp / "a-file")], "is a file"
+
+
+def case_report_out_under_a_file(tmp, good):
+    (tmp / "a-file").write_text("")
+    return ["report", str(store_of_two_trials(tmp)), "--out", str(tmp / "a-file" / "out")], "a-file is a file"
+
+
+def case_report_out_dangling_link(tmp, good):
+    (tmp / "link").symlink_to(tmp / "nowhere")
+    return ["report", str(store_of_two_trials(tmp)), "--out", str(tmp / "link")], "does not exist"
+
+
+def store_of_two_trials(tmp: Path) -> Path:
+    from romer.experiment.config_file import load_config
+    from romer.experiment.runner import run_experiment
+    from tests.test_experiment_runner import fake_evaluator
+
+    config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", "methods=[clean, noisy]"])
+    run_experiment(config, tmp / "run" / "results.sqlite", evaluator=fake_evaluator, progress=False)
+    return tmp / "run" / "results.sqlite"
+
+
 def case_plan_from_another_model(tmp, good):
     folder = edit_plan(calibrated(good, tmp), lambda p: p["model"].update(num_experts=[16, 16]))
     return ["eval", "--model", str(folder), "--window", "32"], "another model"
@@ -266,3 +335,19 @@ def test_disk_full_while_writing_leaves_no_file(tmp_path, monkeypatch):
     result = runner.invoke(app, ["noise", "show", "pcm", "--json", str(out)])
     check_one_line_error(result, "No space left on device", [out])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_size_mismatch_is_one_line_without_transformers_load_report(tmp_path, good):
+    """transformers logs a multi-line load report to its own stderr handler (not seen by CliRunner), so this runs
+    the real executable: stderr must be romer's one line, naming a mismatched tensor."""
+    import os
+    import subprocess
+    import sys
+
+    folder = edit_config(copy_folder(good, tmp_path / "m"), num_experts=4)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "romer.cli.main", "eval", "--model", str(folder)], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert "do not match config.json" in done.stderr and "checkpoint [8," in done.stderr

@@ -1,6 +1,6 @@
 """Interrupting `romer calibrate --out`: SIGKILL or Ctrl-C while the folder is being written leaves no folder at
 OUT (it is built in a hidden staging folder beside it and renamed into place), and the same command again
-writes the complete folder. Driven by an event the child reports, never by sleeps: the child runs the real CLI
+writes the complete folder (and removes the staging folder a killed run left). Driven by an event the child reports, never by sleeps: the child runs the real CLI
 with ``Plan.save`` wrapped so that, once model and tokenizer are written into the staging folder, it prints
 ``writing plan.json`` and blocks reading stdin (which the test never writes)."""
 
@@ -69,3 +69,4 @@ def test_interrupted_calibrate_leaves_no_folder_and_a_rerun_completes(folder, tm
         assert process.returncode == -signal.SIGKILL  # a killed process cleans nothing: only the hidden folder
         assert [p.name for p in tmp_path.iterdir()] == [staging[0].name]
     finish(folder, out)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the killed run's staging folder removed at start

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -22,27 +21,20 @@ from romer.errors import UserError
 from romer.io import write_json_atomic
 from romer.models.loading import load_model
 from romer.noise.chip import Chip
+from romer.staging import make_staging, publish_modes
 
 PLAN_FILE = "plan.json"
 CHIP_FILE = "chip.json"  # the chip whose read-back weights the folder holds
 
 
-def publish_modes(folder: Path) -> None:
-    """Give a staged output folder the modes every other romer output has: folders 0755, files 0644 (mkdtemp makes
-    0700, and libraries write some files 0600)."""
-    folder.chmod(0o755)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
 def save_calibrated(model: nn.Module, tokenizer, chip: Chip, plan: Plan, out: str | Path) -> Path:
     """Write ``model`` running ``plan`` on ``chip`` to the folder ``out`` (built in a temporary sibling folder,
-    then renamed into place, so a failure never leaves a half-written folder). ``out`` must not exist."""
+    then renamed into place, so a failure never leaves a half-written folder; staging folders a killed run left
+    beside ``out`` are removed first, ``romer.staging``). ``out`` must not exist."""
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = make_staging(out)
     try:
         with apply(model, chip, plan):
             model.save_pretrained(staging, safe_serialization=True)

@@ -10,7 +10,7 @@ import typer
 
 from romer.cli.common import (DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MODEL_OPTION, PLACEMENT_OPTION,
                               PRESET_HELP, SEED_OPTION, T_OPTION, announce, chip_from, chip_given, chip_label,
-                              load_options, resolve_settings, user_errors)
+                              check_writable, load_options, resolve_settings, user_errors)
 from romer.cli.output import console, table
 from romer.methods import plan_kinds
 from romer.errors import UserError
@@ -165,6 +165,7 @@ def calibrate_command(
     from romer.calibrate.folder import save_calibrated
     from romer.models import load_model, resolve_model_dir
     from romer.models.memory import check_fits
+    from romer.staging import remove_stale
 
     given = {**chip_given(preset, None, seed, t, placement, mapping), "method.kind": method,
              "calibration.sequences": sequences, "calibration.dataset": calibration_dataset,
@@ -174,6 +175,8 @@ def calibrate_command(
     config = method_from(data)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder")
+    check_writable(out, "--out", folder=True)  # before the work, not after it
+    remove_stale(out)  # staging folders an earlier, killed calibrate to the same place left beside it
     chip, _ = chip_from(data["chip"], needed=True)
     loading = load_options(data["eval"])
     target, weights_dtype = loading["device"], loading["dtype"]

@@ -374,6 +374,8 @@ def check_writable(path: str | Path | None, option: str, folder: bool = False) -
     if path is None or str(path) == "-":
         return
     target = Path(path).expanduser()
+    if target.is_symlink() and not target.exists():
+        raise UserError(f"{option} {target} is a link to {os.readlink(target)}, which does not exist")
     if target.exists() and folder != target.is_dir():
         raise UserError(f"{option} {target} is {'a file' if folder else 'a folder'}; give a "
                         f"{'folder' if folder else 'file'} path")

@@ -200,7 +200,8 @@ def run_command(
         console().print(f"interrupted: {done} of {cfg.trial_count()} trials are stored in {store}; run the same "
                       "command again to continue", highlight=False)
         raise typer.Exit(interruption_exit_code(exc)) from None
-    console().print(f"{summary.computed} trials computed, {summary.skipped} already stored, "
+    elsewhere = f", {summary.elsewhere} stored by another process" if summary.elsewhere else ""
+    console().print(f"{summary.computed} trials computed, {summary.skipped} already stored{elsewhere}, "
                   f"{summary.seconds:.1f} s", highlight=False)
     report = write_report(store, out, cfg.config_hash)
     _print_report(report, out)
@@ -221,5 +222,6 @@ def report_command(
 
     path = resolve_store(store)
     out = out or path.parent
+    check_writable(out, "--out", folder=True)
     report = write_report(path, out, config_hash)
     _print_report(report, out)

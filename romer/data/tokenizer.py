@@ -12,10 +12,42 @@ VOCAB_SIZE = 8192
 EOS_TOKEN = "<|endoftext|>"
 
 
+# Files that hold a tokenizer's vocabulary (fast, sentencepiece, byte-level BPE, WordPiece)
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_tokenizer_files(folder: str | Path) -> None:
+    """Refuse, in one line naming the file, a model folder without a tokenizer (transformers would quietly build
+    an empty one, and every text would then tokenize to nothing) or with a tokenizer JSON file that is not UTF-8
+    JSON."""
+    from romer.errors import UserError
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise UserError(f"{folder}: no tokenizer ({', '.join(VOCABULARY_FILES[:3])}, …); copy the tokenizer files "
+                        "of the model the weights were trained with into the folder")
+    for name in JSON_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") \
+                from None
+        if not isinstance(payload, dict):
+            raise UserError(f"{path}: not a JSON object")
+
+
 def load_tokenizer(path: str | Path = TOKENIZER_DIR):
-    """The shipped tokenizer (or one from a folder) through ``AutoTokenizer``."""
+    """The shipped tokenizer (or one from a folder, checked by :func:`check_tokenizer_files`) through
+    ``AutoTokenizer``."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(path)
     return AutoTokenizer.from_pretrained(str(path))
 
 

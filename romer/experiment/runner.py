@@ -3,13 +3,17 @@
 The evaluator is any callable ``(TrialGroup, set of method names) → iterator of result dicts`` (one per method,
 ``{"method", "ppl", "word_ppl", "bits_per_byte", "tokens", "cv", "cv_before", "digital_share", "plan",
 "seconds", …}``), yielded as soon as each is done; each result is stored in its own transaction at once, so an
-interrupted run loses at most the trial in progress and a rerun skips the stored ones. The default evaluator is
+interrupted run loses at most the trial in progress and a rerun skips the stored ones. Concurrent runs on one
+store split the trials: a process computes only trials it has leased in the store (``romer.store.lease``),
+skips those another live process holds, and at the end waits for them (or takes them over once their owner has
+ended or its lease expired); the ``runs`` table counts what each process computed. The default evaluator is
 a fresh ``romer.experiment.evaluate.Evaluator``; a ``"module:name"`` string (the CLI's hidden ``--evaluator``, for
 tests) names one to import.
 
 Ray backend: ``ray.init(address)`` (a local cluster of ``workers`` CPUs without dashboard when no address is
 given), one actor per worker holding its own evaluator (models loaded once per actor), one streaming task per
-TrialGroup; the driver writes every result to the store as it arrives (``ray.wait`` loop).
+TrialGroup; the driver leases each group before submitting it and writes every result to the store as it arrives
+(``ray.wait`` loop).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from romer.errors import UserError
 from romer.experiment.config import ExperimentConfig, TrialGroup
 from romer.store import ResultsStore, provenance
+from romer.store.lease import WAIT, Heartbeat, LeaseTimes, TrialClaims
 from romer.progress import Progress
 
 Evaluator = Callable[[TrialGroup, set], Iterator[dict]]
@@ -33,7 +38,8 @@ Evaluator = Callable[[TrialGroup, set], Iterator[dict]]
 
 @dataclass
 class RunSummary:
-    """What a run did: trials in the config, already stored before, computed now; wall time in s."""
+    """What a run did: trials in the config, already stored before, computed by this process, stored meanwhile by
+    another process on the same store; wall time in s."""
 
     config_hash: str
     store: Path
@@ -41,6 +47,7 @@ class RunSummary:
     skipped: int
     computed: int
     seconds: float
+    elsewhere: int = 0
 
 
 def resolve_evaluator(evaluator: Evaluator | str | None = None) -> Evaluator:
@@ -84,11 +91,12 @@ def pending(config: ExperimentConfig, done: set[str]) -> list[tuple[TrialGroup, 
 
 def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: Evaluator | str | None = None,
                    backend: str = "local", address: str | None = None, workers: int | None = None,
-                   progress: bool = True) -> RunSummary:
+                   progress: bool = True, lease_times: LeaseTimes | None = None) -> RunSummary:
     """Compute and store every trial of ``config`` that ``store_path`` does not hold yet; returns a summary.
 
     backend "local" runs the groups one after another in this process; "ray" spreads them over Ray workers
     (``workers`` CPUs of a local cluster, default ``config.run.workers``, or the cluster at ``address``).
+    ``lease_times``: lease length, renewal and polling periods (default :class:`LeaseTimes`).
     """
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r}; choose local or ray")
@@ -119,7 +127,9 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                               f"{bad}")
                 bar.advance(label=f"{result['method']}: not finite, not stored")
                 return
-            store.add(group, result, prov)
+            if not store.add(group, result, prov):  # another process stored it first (it took an expired lease)
+                bar.advance(label=f"{result['method']}: already stored by another process")
+                return
             stored.append(result["method"])
             for stage, seconds in (result.get("stages") or {}).items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
@@ -134,13 +144,23 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                               len(stored), total - todo, stages)
             return seconds
 
+        def stored_elsewhere(group: TrialGroup, name: str) -> None:
+            bar.advance(label=f"{group.model} · chip {group.chip['seed']} · {name}: stored by another process")
+
+        def waiting(count: int, owners: list[str]) -> None:
+            if progress:
+                print(f"{config.name}: waiting for {count} trial(s) that another process is computing "
+                      f"({', '.join(owners) or 'owner unknown'})", flush=True)
+
+        times = lease_times or LeaseTimes()
+        claims = TrialClaims(store, work, times=times, on_stored_elsewhere=stored_elsewhere, on_wait=waiting)
         try:
-            with bar:
+            with bar, Heartbeat(store_path, claims.owner, times):
                 if work:
                     if backend == "local":
-                        _run_local(work, resolve_evaluator(evaluator), record)
+                        _run_local(claims, resolve_evaluator(evaluator), record)
                     else:
-                        _run_ray(work, evaluator, record, address, workers)
+                        _run_ray(claims, evaluator, record, address, min(workers, len(work)))
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the trials stored so far and this run's row stay
             record_run()
             raise
@@ -149,7 +169,8 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
             raise UserError(f"{len(failed)} trial(s) gave non-finite numbers and were not stored (first: {failed[0]}); "
                             "the chip breaks the model numerically — change the noise settings; a rerun retries "
                             "only these")
-    return RunSummary(config.config_hash, Path(store_path), total, total - todo, todo, seconds)
+    return RunSummary(config.config_hash, Path(store_path), total, total - todo, len(stored), seconds,
+                      claims.stored_elsewhere)
 
 
 def _check_complete(group: TrialGroup, missing: set[str], seen: set[str]) -> None:
@@ -159,13 +180,20 @@ def _check_complete(group: TrialGroup, missing: set[str], seen: set[str]) -> Non
                            f"chip seed {group.chip['seed']}")
 
 
-def _run_local(work, evaluate: Evaluator, record) -> None:
-    for group, missing in work:
-        seen = set()
-        for result in evaluate(group, set(missing)):
-            record(group, result)
-            seen.add(result["method"])
-        _check_complete(group, missing, seen)
+def _run_local(claims: TrialClaims, evaluate: Evaluator, record) -> None:
+    while (item := claims.take()) is not None:
+        if item is WAIT:
+            claims.wait()
+            continue
+        group, missing = item
+        try:
+            seen = set()
+            for result in evaluate(group, set(missing)):
+                record(group, result)
+                seen.add(result["method"])
+            _check_complete(group, missing, seen)
+        finally:
+            claims.done(group, missing)
 
 
 # --- Ray ------------------------------------------------------------------------------------------------------
@@ -197,32 +225,44 @@ def _ray_init(address: str | None, workers: int):
     return ray, True
 
 
-def _run_ray(work, evaluator, record, address: str | None, workers: int) -> None:
+def _run_ray(claims: TrialClaims, evaluator, record, address: str | None, workers: int) -> None:
+    """Each idle actor gets the next group this process has leased; while the rest is held by other processes,
+    the driver keeps recording its own results and looks again every ``poll_s`` seconds."""
     ray, started = _ray_init(address, workers)
     try:
         actor_class = ray.remote(num_cpus=1)(_Worker)
-        actors = [actor_class.remote(evaluator) for _ in range(min(workers, len(work)))]
-        queue = list(work)
+        idle = [actor_class.remote(evaluator) for _ in range(workers)]
         running = {}  # generator → (actor, group, missing, seen)
-
-        def submit(actor) -> None:
-            group, missing = queue.pop(0)
-            running[actor.run.remote(group, missing)] = (actor, group, missing, set())
-
-        for actor in actors:
-            if queue:
-                submit(actor)
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+        more = True  # claims.take() may still hand out work
+        while True:
+            blocked = False
+            while idle and more:
+                item = claims.take()
+                if item is None:
+                    more = False
+                elif item is WAIT:
+                    blocked = True
+                    break
+                else:
+                    actor = idle.pop()
+                    running[actor.run.remote(*item)] = (actor, *item, set())
+            if not running:
+                if not more:
+                    break
+                claims.wait()
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=claims.times.poll_s if blocked else None)
+            if not ready:
+                continue
             generator = ready[0]
             actor, group, missing, seen = running[generator]
             try:
                 ref = next(generator)
             except StopIteration:
                 del running[generator]
+                claims.done(group, missing)
                 _check_complete(group, missing, seen)
-                if queue:
-                    submit(actor)
+                idle.append(actor)
                 continue
             result = ray.get(ref)
             record(group, result)

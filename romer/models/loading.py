@@ -10,10 +10,14 @@ folder without config.json, a config.json that is not JSON, corrupt or truncated
 from __future__ import annotations
 
 import json
+import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from romer.data.tokenizer import check_tokenizer_files
 from romer.errors import UserError
 from romer.models.families import UnsupportedModelError
 
@@ -69,8 +73,12 @@ def read_config(folder: Path, trust_remote_code: bool = False) -> dict:
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelNotFoundError(f"{path}: not valid JSON ({error})") from error
+    except OSError as error:  # a folder named config.json, a file that cannot be read
+        raise ModelNotFoundError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    except UnicodeDecodeError as error:
+        raise ModelNotFoundError(f"{path}: not UTF-8 text (byte {error.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ModelNotFoundError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise ModelNotFoundError(f"{path}: not a JSON object")
     if "auto_map" in config and not trust_remote_code:
@@ -137,6 +145,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
     noise on the device that tensor lives on. Fused experts run ``romer.models.sorted_experts`` (the same
     numbers as transformers' ``grouped_mm`` to float rounding, faster on the CPU).
     """
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     from romer.models.sorted_experts import use_sorted_experts
@@ -149,11 +158,14 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
         raise UserError(f"device_map must be auto (or none), got {device_map!r}")
     placement = {"device_map": device_map} if device_map else {}
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code, local_files_only=True, output_loading_info=True, **placement)
+        with _held_back_logs() as logs:  # transformers' multi-line load report must not precede our one line
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
+                trust_remote_code=trust_remote_code, local_files_only=True, output_loading_info=True, **placement)
     except (SafetensorError, OSError, EOFError) as error:
         raise ModelNotFoundError(f"{folder}: cannot read the weights ({_first_line(error)})") from error
+    except StrictDataclassError as error:  # a config.json value of the wrong type (e.g. "num_experts": "eight")
+        raise ModelNotFoundError(f"{folder}/config.json: {_first_line(error)}") from None
     except ValueError as error:
         if "remote code" in str(error) or "trust_remote_code" in str(error):
             raise UnsafeModelError(f"{folder}: {_first_line(error)}") from error
@@ -161,9 +173,10 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
     except RuntimeError as error:
         if "mismatched" in str(error) or "size mismatch" in str(error):
             raise ModelNotFoundError(f"{folder}: the weights' shapes do not match config.json (a checkpoint of "
-                                     "another size, or an edited config)") from error
+                                     f"another size, or an edited config){_mismatch(logs)}") from None
         raise
     check_coverage(info, folder)
+    _emit(logs)  # a load that passed: transformers' other warnings are shown as usual
     model = (model if device_map else model.to(torch_device)).eval()
     check_finite(model, folder)
     use_sorted_experts(model)
@@ -171,7 +184,11 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = torch.float3
         from romer.models.view import moe_layers
 
         moe_layers(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    check_tokenizer_files(folder)  # transformers would build an empty tokenizer for a folder without one
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 — transformers and tokenizers raise many kinds for a broken file
+        raise ModelNotFoundError(f"{folder}: cannot load the tokenizer ({_first_line(error)})") from None
     return model, tokenizer
 
 
@@ -184,6 +201,41 @@ def check_finite(model: torch.nn.Module, where: str | Path = "model") -> None:
             raise UserError(f"{where}: tensor {name} is on the meta device (it holds no weights); load it on cpu or cuda")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{where}: tensor {name} holds NaN or infinite values; refusing to run it")
+
+
+@contextmanager
+def _held_back_logs():
+    """Hold back every record transformers logs inside the block (yields the list they go to)."""
+    library = logging.getLogger("transformers")
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    records: list[logging.LogRecord] = []
+    handlers, propagate = library.handlers[:], library.propagate
+    library.handlers, library.propagate = [Hold()], False
+    try:
+        yield records
+    finally:
+        library.handlers, library.propagate = handlers, propagate
+
+
+def _emit(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logging.getLogger("transformers").handle(record)
+
+
+def _mismatch(records: list[logging.LogRecord]) -> str:
+    """"; e.g. TENSOR: checkpoint [..], config.json [..]" from transformers' load report, or ""."""
+    for record in records:
+        for line in record.getMessage().splitlines():
+            found = re.match(r"\s*(.+?)\s*\|\s*MISMATCH.*ckpt: torch\.Size\(\[([\d, ]*)\]\) vs model:\s*"
+                             r"torch\.Size\(\[([\d, ]*)\]\)", line)
+            if found:
+                name, held, wanted = found.groups()
+                return f"; e.g. {name}: checkpoint [{held}], config.json [{wanted}]"
+    return ""
 
 
 def _first_line(error: BaseException) -> str:

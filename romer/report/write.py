@@ -1,11 +1,17 @@
 """A report from a results store alone: tables (markdown, CSV, JSON), plots (PNG) and one HTML page.
 
 Everything is derived from the stored rows in a fixed order, so regenerating from the same store gives the same
-bytes; every file is written atomically.
+bytes. A report is written as a whole: every file goes into a hidden staging folder beside the output folder
+first (``romer.staging``); only once all are written does it replace the old report — the staging folder is
+renamed to the output folder when there is none yet, else (the output folder usually also holds the results
+store, which must stay where it is) each report file is renamed over its old version and plots of the old report
+that the new one lacks are removed. A failure while writing (a full disk, a plot that fails) leaves the old
+report byte-identical and no staging folder.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +23,10 @@ from romer.report import html, tables
 from romer.report.aggregate import aggregate_rows, config_orders
 from romer.report.plots import Plot, make_plots
 from romer.report.setup import setup_line
+from romer.staging import make_staging, publish_modes
 
 STORE_NAME = "results.sqlite"
+PLOTS = "plots"
 
 
 @dataclass
@@ -80,17 +88,55 @@ def build_report(store_path: str | Path, config_hash: str | None = None, plots: 
 
 
 def write_report(store_path: str | Path, out_dir: str | Path, config_hash: str | None = None) -> Report:
-    """Write results.md / .csv / .json, plots/*.png and report.html into ``out_dir``; returns the report."""
+    """Write results.md / .csv / .json, plots/*.png and report.html into ``out_dir`` as a whole (see the module);
+    returns the report."""
     report = build_report(store_path, config_hash)
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report folder {out} is a file; give a folder path")
+    staging = make_staging(out)
+    try:
+        names = _write_files(report, staging)
+        publish_modes(staging)
+        _publish(staging, out, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.paths = {key: out / name for key, name in names.items()}
+    return report
+
+
+def _write_files(report: Report, folder: Path) -> dict[str, str]:
+    """Every file of ``report`` into ``folder``: key → path relative to it."""
     texts = {"markdown": ("results.md", tables.markdown(report.rows, report.title, report.setup)),
              "csv": ("results.csv", tables.to_csv(report.rows)),
              "json": ("results.json", tables.to_json(report.rows, report.config, report.config_hash, report.git,
                                                      report.versions)),
              "html": ("report.html", html.page(report.title, report.rows, report.plots, report.config,
                                                report.config_hash, report.git, report.versions, report.setup))}
+    names = {}
     for key, (name, text) in texts.items():
-        report.paths[key] = write_text_atomic(out / name, text)
+        write_text_atomic(folder / name, text)
+        names[key] = name
     for plot in report.plots:
-        report.paths[plot.name] = write_bytes_atomic(out / "plots" / plot.name, plot.png)
-    return report
+        write_bytes_atomic(folder / PLOTS / plot.name, plot.png)
+        names[plot.name] = f"{PLOTS}/{plot.name}"
+    return names
+
+
+def _publish(staging: Path, out: Path, names: dict[str, str]) -> None:
+    """Put the complete report in ``staging`` in place of the one in ``out`` (renames only)."""
+    if not out.exists():
+        try:
+            staging.rename(out)  # the folder as a whole
+            return
+        except OSError:
+            if not out.is_dir():  # not a concurrent report that made it first
+                raise
+    fresh = {name for name in names.values() if name.startswith(f"{PLOTS}/")}
+    if fresh:
+        (out / PLOTS).mkdir(mode=0o755, exist_ok=True)
+    for name in names.values():
+        (staging / name).replace(out / name)
+    for old in (out / PLOTS).glob("*.png"):
+        if f"{PLOTS}/{old.name}" not in fresh:
+            old.unlink(missing_ok=True)

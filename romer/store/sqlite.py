@@ -7,6 +7,11 @@ and constants, placement, mapping, seed, inference time in s), the method config
 column), the plan, git commit, library versions, seconds spent (and per stage: load, clean, program, calibrate,
 evaluate) and the UTC time it was written. Each run adds a row to ``runs``: its wall time, backend, workers and
 stage totals, so a run's time breakdown comes from the store. Reports read rows only (no pickles).
+
+One writer per trial: a process computes a trial only while it holds the trial's row in ``leases`` (owner
+``host:pid:start``, expiry in Unix seconds), claimed inside a ``BEGIN IMMEDIATE`` transaction, renewed while the
+trial runs and released when it ends; a lease whose owner has ended (on this host) or whose expiry has passed is
+taken over (``romer.store.lease``). Older romer versions ignore the table.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import json
 import math
 import sqlite3
 import subprocess
+import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from romer.owners import Owner
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -60,6 +69,11 @@ CREATE TABLE IF NOT EXISTS runs (
     computed INTEGER NOT NULL,
     skipped INTEGER NOT NULL,
     stages_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    trial_key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
 );
 """
 COLUMNS = ("trial_key", "config_hash", "model", "preset", "preset_json", "placement", "mapping", "chip_seed",
@@ -215,6 +229,56 @@ class ResultsStore:
             run["stages"] = json.loads(run["stages"])
         return out
 
+    # --- leases: one writer per trial ------------------------------------------------------------------------
+
+    def claim(self, keys: Iterable[str], owner: str, ttl_s: float, now: float | None = None) -> set[str]:
+        """Lease to ``owner`` for ``ttl_s`` s every trial of ``keys`` that is not stored and not leased by another
+        live owner (an owner that has ended on this host, or whose lease expired, is taken over); returns the keys
+        now leased to ``owner`` (its own leases renewed). One ``BEGIN IMMEDIATE`` transaction: two processes never
+        both get a key. ``now``: Unix time in s (default the clock)."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        now = time.time() if now is None else now
+        marks = ", ".join("?" * len(keys))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            done = {k for (k,) in self._db.execute(f"SELECT trial_key FROM trials WHERE trial_key IN ({marks})", keys)}
+            held = {k: (o, e) for k, o, e in self._db.execute(
+                f"SELECT trial_key, owner, expires FROM leases WHERE trial_key IN ({marks})", keys)}
+            mine = [k for k in keys if k not in done and (k not in held or _free(*held[k], owner, now))]
+            self._db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                                 [(k, owner, now + ttl_s) for k in mine])
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return set(mine)
+
+    def renew(self, owner: str, ttl_s: float, now: float | None = None) -> int:
+        """Extend every lease ``owner`` holds to ``ttl_s`` s from now; how many it holds."""
+        now = time.time() if now is None else now
+        return self._transaction("UPDATE leases SET expires = ? WHERE owner = ?", (now + ttl_s, owner))
+
+    def release(self, owner: str, keys: Iterable[str] | None = None) -> None:
+        """Give up ``owner``'s leases on ``keys`` (default: all of them)."""
+        if keys is None:
+            self._transaction("DELETE FROM leases WHERE owner = ?", (owner,))
+            return
+        for key in keys:
+            self._transaction("DELETE FROM leases WHERE owner = ? AND trial_key = ?", (owner, key))
+
+    def leases(self) -> dict[str, tuple[str, float]]:
+        """trial key → (owner, expiry in Unix s) of every lease held."""
+        return {k: (o, e) for k, o, e in self._db.execute("SELECT trial_key, owner, expires FROM leases")}
+
+    def stored(self, keys: Iterable[str]) -> set[str]:
+        """The keys among ``keys`` whose trial is stored."""
+        keys = list(keys)
+        marks = ", ".join("?" * len(keys))
+        return {k for (k,) in self._db.execute(f"SELECT trial_key FROM trials WHERE trial_key IN ({marks})", keys)}
+
     def _transaction(self, sql: str, params: tuple) -> int:
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -271,6 +335,15 @@ class ResultsStore:
                 row[JSON_COLUMNS[key]] = None if text is None else json.loads(text)
             out.append(row)
         return out
+
+
+def _free(holder: str, expires: float, owner: str, now: float) -> bool:
+    """Whether a lease held by ``holder`` until ``expires`` (Unix s) may go to ``owner`` at ``now``: it is
+    ``owner``'s own, it has expired, or its holder has ended."""
+    if holder == owner or expires <= now:
+        return True
+    held_by = Owner.parse(holder)
+    return held_by is not None and held_by.alive() is False
 
 
 def _now() -> str:
