@@ -103,7 +103,7 @@ def render_depth(root: Path) -> str:
     by = _by(rows)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     lines = ["| model | layers · width | preset | clean PPL | noisy PPL (+% over clean) | clean-routing replay: gap "
-             "recovered % | recalibration % vs noisy | ROMER % vs noisy |", "|---|---|---|---|---|---|---|---|"]
+             "recovered % | ROMER % vs noisy |", "|---|---|---|---|---|---|---|"]
     for model in _models(rows, DEPTH_MODELS):
         for preset in presets:
             get = lambda method: by.get((model, preset, "moe", method))  # noqa: E731
@@ -117,6 +117,6 @@ def render_depth(root: Path) -> str:
             damage = 100 * (noisy["ppl_mean"] / clean["ppl_mean"] - 1)
             lines.append(f"| {model} | {_shape(root, model)} | {preset} | {clean['ppl_mean']:.1f} | "
                          f"{noisy['ppl_mean']:.1f} (+{damage:.0f} %) | {replay} | "
-                         f"{versus(get('recalibration'), noisy)} | {versus(get('romer'), noisy)} |")
+                         f"{versus(get('romer'), noisy)} |")
     return (f"**`romer run regime-depth --out results/regime-depth`**. "
             f"{setup_line(data.get('config'), data.get('versions', {}), rows)}\n\n" + "\n".join(lines))
