@@ -190,3 +190,18 @@ def test_romer_against_its_parts_is_paired_by_chip(updater):
     line = results.parts_line(rows)
     assert "vs recalibration: olmoe-tiny +10.00 % [+10.00, +10.00]" in line and "vs replacement" not in line
     assert results.parts_line([{**r, "ppl_per_chip": None} for r in rows]) == ""
+
+
+def test_replacement_table_pairs_each_comparison_by_chip(updater, tmp_path):
+    """Chip by chip, split halves replica's PPL on chip 0 and takes a quarter off on chip 1: +50 % and +25 %,
+    mean 37.5 %, t-interval 37.5 ± 12.706 · 12.5 = [-121.3, +196.3] (2 chips, sd 17.68, se 12.5)."""
+    def r(method, ppl, cv, thr=None):
+        return {"model": "olmoe-tiny", "preset": "pcm×10", "placement": "moe", "method": method, "seeds": [0, 1],
+                "ppl_per_chip": ppl, "ppl_mean": sum(ppl) / 2, "cv_mean": cv, "throughput_mean": thr, "chips": 2,
+                "tokens": 1000}
+    rows = [r("noisy", [20.0, 40.0], 0.5, 0.6), r("replica", [20.0, 40.0], 0.6, 0.6), r("split", [10.0, 30.0], 0.3, 0.9)]
+    (tmp_path / "results/regime-replacement").mkdir(parents=True)
+    (tmp_path / "results/regime-replacement/results.json").write_text(json.dumps({"rows": rows}))
+    table = updater.SECTIONS["replacement"].render(tmp_path).splitlines()[-1]
+    assert table == ("| olmoe-tiny | pcm×10 | 30.0 · CV 0.50 · 0.60× | +0.0 [+0.0, +0.0] · CV 0.60 · 0.60× | "
+                     "+37.5 [-121.3, +196.3] · CV 0.30 · 0.90× | +37.5 [-121.3, +196.3] | — | — | — |")
