@@ -17,6 +17,7 @@ MIRRORS = {
     "qwenmoe-tiny": "Qwen1.5-MoE-A2.7B: 60 experts, top-4, 1 sigmoid-gated shared expert",
     "deepseekmoe-tiny": "deepseek-moe-16b: 64 experts, top-6, 2 shared experts, first layer dense",
     "olmoe-deep": "OLMoE-1B-7B's depth and routing: 16 layers, 64 experts, top-8, at small width",
+    "olmoe-narrow": "the depth control: olmoe-deep's width at olmoe-tiny's depth (4 layers), OLMoE's routing",
 }
 COUNT = {3: "Three", 4: "Four", 5: "Five"}
 
