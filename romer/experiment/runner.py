@@ -9,7 +9,10 @@ tests) names one to import.
 
 Ray backend: ``ray.init(address)`` (a local cluster of ``workers`` CPUs without dashboard when no address is
 given), one actor per worker holding its own evaluator (models loaded once per actor), one streaming task per
-TrialGroup; the driver writes every result to the store as it arrives (``ray.wait`` loop).
+TrialGroup; the driver writes every result to the store as it arrives (``ray.wait`` loop). Each actor asks for
+one CPU and, where the cluster declares GPUs and the config's ``eval.device`` is not ``cpu``, for
+``run.gpus_per_worker`` GPUs (default 1; Ray then shows the actor only its own GPUs, so ``cuda`` / ``auto``
+inside it is that GPU); the actors are capped at the GPUs' count divided by that share, so none waits forever.
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                     if backend == "local":
                         _run_local(work, resolve_evaluator(evaluator), record)
                     else:
-                        _run_ray(work, evaluator, record, address, workers)
+                        _run_ray(work, evaluator, record, address, workers, config)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the trials stored so far and this run's row stay
             record_run()
             raise
@@ -197,11 +200,34 @@ def _ray_init(address: str | None, workers: int):
     return ray, True
 
 
-def _run_ray(work, evaluator, record, address: str | None, workers: int) -> None:
+def gpus_per_worker(config: ExperimentConfig, cluster_gpus: float) -> float:
+    """GPUs each Ray actor asks for: none on a cluster without GPUs or for ``eval.device: cpu``, else
+    ``run.gpus_per_worker`` (1 when unset; a fraction shares a GPU between actors)."""
+    if cluster_gpus <= 0 or config.eval.device == "cpu":
+        return 0.0
+    wanted = config.run.gpus_per_worker
+    return 1.0 if wanted is None else float(wanted)
+
+
+def actor_count(workers: int, groups: int, gpus_each: float, cluster_gpus: float) -> int:
+    """Actors to start: ``workers``, no more than the groups, and no more than the GPUs hold (an actor that
+    cannot get its GPU share would never start, and its trials would wait forever)."""
+    count = min(workers, groups)
+    if gpus_each > 0:
+        count = min(count, int(cluster_gpus / gpus_each + 1e-9))
+    return max(count, 1)
+
+
+def _run_ray(work, evaluator, record, address: str | None, workers: int, config: ExperimentConfig) -> None:
     ray, started = _ray_init(address, workers)
     try:
-        actor_class = ray.remote(num_cpus=1)(_Worker)
-        actors = [actor_class.remote(evaluator) for _ in range(min(workers, len(work)))]
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpus_each = gpus_per_worker(config, cluster_gpus)
+        if gpus_each > cluster_gpus:
+            raise UserError(f"run.gpus_per_worker {gpus_each:g} is more than the cluster's {cluster_gpus:g} GPUs")
+        actor_class = ray.remote(num_cpus=1, num_gpus=gpus_each)(_Worker)
+        actors = [actor_class.remote(evaluator) for _ in range(actor_count(workers, len(work), gpus_each,
+                                                                            cluster_gpus))]
         queue = list(work)
         running = {}  # generator → (actor, group, missing, seen)
 
