@@ -63,7 +63,7 @@ TOKENIZER = ROOT / "romer" / "data" / "tokenizer"  # the bundled tokenizer (8,19
 GOALS = {"program_vs_randn": 0.8, "eval_vs_hf": 0.95}
 # (stage, its own limit in s for the full check, stages it needs)
 STAGES = [("environment", 30, ()), ("default_job", 150, ()), ("build", 120, ()), ("load", 90, ("build",)),
-          ("program", 60, ("load",)), ("reprogram", 60, ("program",)), ("evaluate", 60, ("program",)),
+          ("program", 90, ("load",)), ("reprogram", 90, ("program",)), ("evaluate", 60, ("program",)),
           ("calibrate", 90, ("load",)), ("zero_shot", 60, ("load",)), ("memory", 30, ("load",))]
 SIZES = {  # eval windows, calibration windows, window (tokens), batch size, timing rounds, zero-shot items
     "full": dict(eval_windows=16, calibration_windows=16, window=512, batch_size=8, rounds=3, task_limit=50),
@@ -447,37 +447,33 @@ def run_check(json_path: Path, device: str = "auto", small: bool = False, budget
 
 # --- the docs table -------------------------------------------------------------------------------------------
 
+def _evaluate_figures(stage: dict) -> str:
+    rates = stage["tok_per_s"]
+    return (f"HF forward {rates['hf_forward']:,.0f} tok/s; romer eval {rates['romer_eval']:,.0f} "
+            f"(**{stage['ratio']:.2f}×**, goal ≥ 0.95), with grouped_mm {rates['romer_eval_grouped_mm']:,.0f} "
+            f"({stage['ratio_grouped_mm']:.2f}×); {stage['tokens']:,} tokens")
+
+
+FIGURES = {  # stage → its figures in the docs table
+    "environment": lambda s: f"{s['device_name']}; torch {s['torch']}, transformers {s['transformers']}",
+    "default_job": lambda s: f"`{s['command']}`: {s['trials']} trials in {s['wall_s']:.1f} s",
+    "build": lambda s: f"{s['params'] / 1e9:.2f}B parameters, {s['bytes'] / 2**30:.1f} GiB in {s['shards']} shards",
+    "load": lambda s: f"{s['load_s']:.1f} s",
+    "program": lambda s: (f"{s['program_s']:.2f} s, {s['draws_per_s'] / 1e9:.2f} G draws/s; torch.randn "
+                          f"{s['randn_draws_per_s'] / 1e9:.2f} G/s: **{s['ratio']:.2f}×** (goal ≥ 0.8)"),
+    "reprogram": lambda s: f"{'bit-identical' if s['identical'] else 'DIFFERS'} ({s['tensors']} tensors)",
+    "evaluate": _evaluate_figures,
+    "calibrate": lambda s: (f"ROMER on {s['windows']} windows: {s['fit_s']:.1f} s ({s['s_per_window']:.2f} "
+                            f"s/window); applied + scored {s['apply_and_eval_s']:.1f} s"),
+    "zero_shot": lambda s: f"{s['task']}, {s['limit']} items: {s['seconds_task']:.1f} s",
+    "memory": lambda s: (f"{s['source']} {s['measured_bytes'] / 2**30:.2f} GiB; plan-memory "
+                         f"{(s['plan_peak_bytes'] + s['plan_runtime_bytes']) / 2**30:.2f} GiB "
+                         f"(**{s['ratio']:.2f}×** of the estimate)"),
+}
+
+
 def _figures(name: str, stage: dict) -> str:
-    if stage["status"] != "ok":
-        return stage.get("reason", "")
-    if name == "environment":
-        return f"{stage['device_name']}; torch {stage['torch']}, transformers {stage['transformers']}"
-    if name == "default_job":
-        return f"`{stage['command']}`: {stage['trials']} trials in {stage['wall_s']:.1f} s"
-    if name == "build":
-        return f"{stage['params'] / 1e9:.2f}B parameters, {stage['bytes'] / 2**30:.1f} GiB in {stage['shards']} shards"
-    if name == "load":
-        return f"{stage['load_s']:.1f} s"
-    if name == "program":
-        return (f"{stage['program_s']:.2f} s, {stage['draws_per_s'] / 1e9:.2f} G draws/s; torch.randn "
-                f"{stage['randn_draws_per_s'] / 1e9:.2f} G/s: **{stage['ratio']:.2f}×** (goal ≥ 0.8)")
-    if name == "reprogram":
-        return f"{'bit-identical' if stage['identical'] else 'DIFFERS'} ({stage['tensors']} tensors)"
-    if name == "evaluate":
-        rates = stage["tok_per_s"]
-        return (f"HF forward {rates['hf_forward']:,.0f} tok/s; romer eval {rates['romer_eval']:,.0f} "
-                f"(**{stage['ratio']:.2f}×**, goal ≥ 0.95), with grouped_mm {rates['romer_eval_grouped_mm']:,.0f} "
-                f"({stage['ratio_grouped_mm']:.2f}×); {stage['tokens']:,} tokens")
-    if name == "calibrate":
-        return (f"ROMER on {stage['windows']} windows: {stage['fit_s']:.1f} s ({stage['s_per_window']:.2f} s/window); "
-                f"applied + scored {stage['apply_and_eval_s']:.1f} s")
-    if name == "zero_shot":
-        return f"{stage['task']}, {stage['limit']} items: {stage['seconds_task']:.1f} s"
-    if name == "memory":
-        return (f"{stage['source']} {stage['measured_bytes'] / 2**30:.2f} GiB; plan-memory "
-                f"{(stage['plan_peak_bytes'] + stage['plan_runtime_bytes']) / 2**30:.2f} GiB "
-                f"(**{stage['ratio']:.2f}×** of the estimate)")
-    return ""
+    return FIGURES[name](stage) if stage["status"] == "ok" else stage.get("reason", "")
 
 
 def table(result: dict) -> str:

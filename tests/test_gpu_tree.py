@@ -3,11 +3,12 @@ ones kept) plus the wheels, stays under the size limit, and leaves the working t
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.test_gpu_check import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -15,10 +16,7 @@ MIB = 2**20
 
 @pytest.fixture(scope="module")
 def gpu_tree():
-    spec = importlib.util.spec_from_file_location("gpu_tree", ROOT / "scripts" / "gpu_tree.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/gpu_tree.py")
 
 
 def git(repo: Path, *args: str) -> str:
