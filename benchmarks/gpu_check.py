@@ -1,6 +1,6 @@
 """The prepared GPU check: romer's whole pipeline on one device, stage by stage, each with its own time limit.
 
-    python benchmarks/gpu_check.py [--small] [--device auto] [--json PATH] [--update-docs] [--budget S]
+    python benchmarks/gpu_check.py [--small] [--device auto] [--json PATH] [--update-docs] [--budget S] [--skip A,B]
     python benchmarks/gpu_check.py --render PATH --update-docs     # docs/gpu.md's table from a JSON already made
 
 Stages, in order (each one's result is written to the JSON as soon as it ends, so a run cut off still returns
@@ -22,8 +22,9 @@ its numbers; a stage whose input failed is skipped, saying which):
 * ``calibrate``: ROMER fitted on ``--calibration-windows`` windows, then the plan applied and scored;
 * ``zero_shot``: the bundled ``romer_cloze`` task through lm-eval, first 50 items (``--small``: 4; skipped when
   lm-eval is not importable);
-* ``memory``: the peak memory of the stages above (``torch.cuda.max_memory_allocated``; on the CPU the
-  process's peak RSS) next to ``romer plan-memory``'s estimate for the same folder, dtype and windows.
+* ``memory``: the peak memory of romer's stages (load, program, evaluate, calibrate, zero-shot: the largest
+  ``torch.cuda.max_memory_allocated`` of each, reset at each stage's start; on the CPU the process's peak RSS)
+  next to ``romer plan-memory``'s estimate for the same folder, dtype and windows.
 
 ``--small`` (what ``make test`` runs, on the CPU in seconds): the small shape, short windows, the default job cut
 to one model, one chip and two methods. ``--budget`` (s) caps the whole run: each stage gets the smaller of its
@@ -61,6 +62,7 @@ BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 SCHEMA = 1
 TOKENIZER = ROOT / "romer" / "data" / "tokenizer"  # the bundled tokenizer (8,192 tokens; id 0 is <|endoftext|>)
 GOALS = {"program_vs_randn": 0.8, "eval_vs_hf": 0.95}
+ROMER_STAGES = ("load", "program", "evaluate", "calibrate", "zero_shot")  # whose peak GPU memory plan-memory covers
 # (stage, its own limit in s for the full check, stages it needs)
 STAGES = [("environment", 30, ()), ("default_job", 150, ()), ("build", 120, ()), ("load", 90, ("build",)),
           ("program", 90, ("load",)), ("reprogram", 90, ("program",)), ("evaluate", 60, ("program",)),
@@ -124,10 +126,14 @@ class Check:
             stages[name] = {"status": "skipped", "reason": "the run's budget is spent"}
         else:
             started = time.perf_counter()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
             try:
                 with time_limit(min(limit, left)):
                     figures = body(self) or {}
                 stages[name] = {"status": "ok", **figures}
+                if self.device.type == "cuda":
+                    stages[name]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(self.device)
             except Skip as why:
                 stages[name] = {"status": "skipped", "reason": str(why)}
             except StageTimeout as why:
@@ -236,8 +242,6 @@ def build(check: Check) -> dict:
 def load(check: Check) -> dict:
     import romer
 
-    if check.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(check.device)
     started = time.perf_counter()
     model, tokenizer = romer.load(check.state["folder"], dtype="bfloat16", device=str(check.device))
     seconds = time.perf_counter() - started
@@ -410,9 +414,10 @@ def memory(check: Check) -> dict:
     plan = plan_memory(check.state["folder"], "bfloat16", window=check.size["window"],
                        batch_size=check.size["batch_size"], placement="moe",
                        calibration_windows=check.size["calibration_windows"], device=str(check.device))
-    if check.device.type == "cuda":
-        measured, source, runtime = torch.cuda.max_memory_allocated(check.device), "torch.cuda.max_memory_allocated", \
-            CUDA_CONTEXT
+    if check.device.type == "cuda":  # romer's own stages (not the check's snapshot in reprogram, nor the build)
+        stages = check.result["stages"]
+        measured = max(stages[n].get("peak_gpu_bytes", 0) for n in ROMER_STAGES if n in stages)
+        source, runtime = "torch.cuda.max_memory_allocated", CUDA_CONTEXT
     else:
         measured, source, runtime = _peak_rss_bytes(), "peak RSS (VmHWM)", CPU_RUNTIME
     ratio = measured / (plan.peak + runtime)
@@ -421,13 +426,19 @@ def memory(check: Check) -> dict:
             "ratio": round(ratio, 3), "plan_stages": plan.stages}
 
 
+def _skipped(check: Check) -> dict:
+    raise Skip("left out by --skip")
+
+
 BODIES = {"environment": environment, "default_job": default_job, "build": build, "load": load, "program": program,
           "reprogram": reprogram, "evaluate": evaluate, "calibrate": calibrate, "zero_shot": zero_shot,
           "memory": memory}
 
 
-def run_check(json_path: Path, device: str = "auto", small: bool = False, budget: float = 480.0) -> dict:
-    """Every stage in order; returns the result (also in ``json_path``). The temporary checkpoint is removed."""
+def run_check(json_path: Path, device: str = "auto", small: bool = False, budget: float = 480.0,
+              skip: tuple[str, ...] = ()) -> dict:
+    """Every stage in order but those in ``skip`` (a rerun of what broke); returns the result (also in
+    ``json_path``). The temporary checkpoint is removed."""
     import shutil
 
     from romer.devices import parse_device
@@ -436,7 +447,7 @@ def run_check(json_path: Path, device: str = "auto", small: bool = False, budget
     scale = 1.0 if not small else 2.0  # small stages on a busy CPU: more headroom, the same shape of run
     try:
         for name, limit, needs in STAGES:
-            check.run(name, limit * scale, needs, BODIES[name])
+            check.run(name, limit * scale, needs, _skipped if name in skip else BODIES[name])
     finally:
         folder = check.state.get("folder")
         check.state.clear()
@@ -499,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "gpu-check.json")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
+    parser.add_argument("--skip", default="", help="stages to leave out, comma-separated (e.g. default_job,zero_shot)")
     parser.add_argument("--update-docs", action="store_true", help="rewrite docs/gpu.md's table")
     parser.add_argument("--render", type=Path, help="only render this JSON's table (with --update-docs: into docs)")
     args = parser.parse_args(argv)
@@ -507,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
 
         result = json.loads(args.render.read_text())
     else:
-        result = run_check(args.json, args.device, args.small, args.budget)
+        skip = tuple(name for name in args.skip.split(",") if name)
+        unknown = sorted(set(skip) - set(BODIES))
+        if unknown:
+            parser.error(f"--skip: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(BODIES)}")
+        result = run_check(args.json, args.device, args.small, args.budget, skip)
     text = table(result)
     print(text)
     if args.update_docs:

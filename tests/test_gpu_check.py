@@ -118,3 +118,21 @@ def test_a_failing_stage_says_why_and_the_rest_go_on(gpu_check, tmp_path):
     stages = json.loads((tmp_path / "c.json").read_text())["stages"]
     assert stages["build"]["status"] == "error" and stages["build"]["reason"].startswith("ZeroDivisionError")
     assert stages["environment"]["status"] == "ok" and stages["environment"]["fine"] == 1
+
+
+def test_skip_leaves_stages_out_and_their_dependents_with_them(gpu_check, tmp_path):
+    result = gpu_check.run_check(tmp_path / "c.json", device="cpu", small=True,
+                                 skip=("default_job", "build", "zero_shot"))
+    stages = result["stages"]
+    assert stages["environment"]["status"] == "ok"
+    assert stages["default_job"]["reason"] == stages["build"]["reason"] == "left out by --skip"
+    assert {stages[n]["reason"] for n in ("load",)} == {"needs build"}
+    assert {stages[n]["reason"] for n in ("program", "calibrate", "zero_shot", "memory")} <= \
+        {"needs load", "left out by --skip"}
+    assert all(s["status"] == "skipped" for name, s in stages.items() if name != "environment")
+
+
+def test_an_unknown_stage_to_skip_is_a_usage_error(gpu_check, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--small", "--skip", "nope"])
+    assert exit_.value.code == 2 and "unknown stage(s) nope" in capsys.readouterr().err
