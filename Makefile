@@ -6,19 +6,34 @@ PYTHON ?= python3
 .PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map \
 	per-layer-account
 
+# The core package only: what `make demo` runs (no pytest, Ray or lm-eval).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+# What the tests and the zero-shot results add: pytest, hypothesis, Ray (the ray backend), lm-eval (eval.tasks).
+$(VENV)/.test-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,eval]'
 	touch $@
 
 install: $(VENV)/.installed
 
+# The first look (romer/experiment/configs/default.yaml); the full-size job is `romer run full`.
 demo: $(VENV)/.installed
 	$(VENV)/bin/romer run
 
 # aihwkit (the .bench-installed target) so that tests/test_noise_aihwkit.py's reference checks run, not skip.
 test: $(VENV)/.bench-installed chromium
 	$(PY) -m pytest -q
+
+# The prepared GPU check (docs/gpu.md): every stage on the first CUDA device, JSON after each stage, docs/gpu.md's
+# table. Without a venv (the GPU image: its own torch and transformers) it runs python3 on this tree.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_JSON ?= results/gpu-check.json
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --json $(GPU_JSON) --update-docs
 
 # Headless Chromium for tests/test_report_browser.py: apt-get installs it where it is missing and we are root;
 # anywhere else nothing happens and that test skips, saying why.
@@ -29,7 +44,7 @@ chromium:
 
 # aihwkit 1.1.0 is the last release with a Python 3.11 wheel; --no-deps keeps its torchvision pin from pulling a
 # CUDA torch. It is needed by the benchmarks and the reference tests only, never at run time.
-$(VENV)/.bench-installed: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps aihwkit==1.1.0
 	$(PY) -m pip install --quiet --disable-pip-version-check scipy scikit-learn protobuf tqdm requests
 	touch $@
@@ -67,7 +82,7 @@ routing-study: $(VENV)/.installed
 	$(PY) scripts/update_readme.py routing
 
 # docs/results.md's "Main result" and README's key result; each config resumes from its results store if interrupted.
-main-result: $(VENV)/.installed
+main-result: $(VENV)/.test-installed
 	$(VENV)/bin/romer run accuracy --out results/accuracy
 	$(VENV)/bin/romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 	$(VENV)/bin/romer run main --out results/main

@@ -58,7 +58,8 @@ def measure(out: Path, extra: list[str]) -> dict:
     wall = _seconds(_field(done.stderr, "Elapsed (wall clock) time (h:mm:ss or m:ss)"))
     return {"wall": wall, "cpu": _field(done.stderr, "Percent of CPU this job got"),
             "rss_gb": int(_field(done.stderr, "Maximum resident set size (kbytes)")) / 1e6, "run": run,
-            "trials": trials, "load": (load_before, load_after), "command": " ".join(["romer", "run", *extra])}
+            "trials": trials, "load": (load_before, load_after), "command": " ".join(["romer", "run", *extra]),
+            "extra": extra}
 
 
 def paragraph(m: dict) -> str:
@@ -74,7 +75,8 @@ def paragraph(m: dict) -> str:
             f"Where it goes ({run['backend']} backend, {run['workers']} worker{'s' if run['workers'] > 1 else ''}; "
             f"stage seconds summed over the workers, from the store's `runs` table, {total:.0f} s in all): "
             f"{stages}; the run itself {run['seconds']:.0f} s wall, start-up + report "
-            f"{wall - run['seconds']:.0f} s. Regenerate: `python scripts/time_run.py --update-readme`.")
+            f"{wall - run['seconds']:.0f} s. Regenerate: `python scripts/time_run.py --update-readme"
+            f"{' -- ' + ' '.join(m['extra']) if m['extra'] else ''}`.")
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ app.command("report")(report_command)
 cli = CliRunner(env={"COLUMNS": "200"})
 
 
-def test_bundled_default_is_the_main_job():
-    config = load_config("default")
+def test_bundled_full_is_the_main_job():
+    config = load_config("full")
     assert config.models == ["olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny"]
     assert [m.name for m in config.methods] == [m.name for m in default_methods()]
     assert config.chip.chips == 5 and config.chip.t_inference == [86400.0] and config.chip.placements == ["moe"]
@@ -30,9 +30,22 @@ def test_bundled_default_is_the_main_job():
     assert [m.name for m in load_config("ablations").methods] == [m.name for m in ablation_methods()]
 
 
+def test_bundled_default_is_the_first_look_on_the_main_jobs_chip():
+    """`romer run` / `make demo`: the full job's chip, chips and calibration, on the two models where ROMER helps,
+    with ROMER, its recalibration step and the rows they are read against, on a quarter of the tokens."""
+    config, full = load_config("default"), load_config("full")
+    assert config.models == ["olmoe-tiny", "qwenmoe-tiny"]
+    assert [m.name for m in config.methods] == ["clean", "noisy", "oracle routing", "recalibration", "romer"]
+    assert {m.name: m for m in config.methods}["romer"] == {m.name: m for m in full.methods}["romer"]
+    assert config.chip == full.chip and config.calibration == full.calibration
+    assert config.eval.max_tokens == 4096 == full.eval.max_tokens // 4
+    assert config.eval.model_copy(update={"max_tokens": 16384}) == full.eval
+    assert config.trial_count() == 2 * 5 * 5
+
+
 def test_the_yaml_defaults_equal_the_model_defaults():
-    """default.yaml spells out the defaults; only its name differs from ExperimentConfig()."""
-    assert load_config("default", ["name=experiment"]).config_hash == ExperimentConfig().config_hash
+    """full.yaml spells out the defaults; only its name differs from ExperimentConfig()."""
+    assert load_config("full", ["name=experiment"]).config_hash == ExperimentConfig().config_hash
 
 
 def test_overrides_are_yaml_values_on_dotted_keys():

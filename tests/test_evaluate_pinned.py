@@ -86,8 +86,8 @@ def test_shared_states_score_as_each_method_on_its_own(rows):
     from romer.models import load_model
     from romer.noise.chip import Chip
 
-    config = load_config("default", ["models=[olmoe-tiny]", "chip.seed=1", "chip.chips=1", "eval.max_tokens=2048",
-                                     "calibration.sequences=4"])
+    config = load_config("full", ["models=[olmoe-tiny]", "chip.seed=1", "chip.chips=1", "eval.max_tokens=2048",
+                                  "calibration.sequences=4"])  # full: every default method, maxnn's included
     (group,) = config.groups()
     chip = Chip.from_dict(group.chip)
     model, tokenizer = load_model("olmoe-tiny")

@@ -172,6 +172,8 @@ class RunSettings(_Strict):
     backend: Literal["local", "ray"] = "local"
     address: str | None = None
     workers: int = Field(2, ge=1)
+    # GPUs per Ray worker where the cluster has GPUs and eval.device is not cpu (null: 1; 0.5: two per GPU)
+    gpus_per_worker: float | None = Field(None, ge=0)
 
 
 class ExperimentConfig(_Strict):

@@ -13,7 +13,10 @@ tests) names one to import.
 Ray backend: ``ray.init(address)`` (a local cluster of ``workers`` CPUs without dashboard when no address is
 given), one actor per worker holding its own evaluator (models loaded once per actor), one streaming task per
 TrialGroup; the driver leases each group before submitting it and writes every result to the store as it arrives
-(``ray.wait`` loop).
+(``ray.wait`` loop). Each actor asks for one CPU and, where the cluster declares GPUs and the config's
+``eval.device`` is not ``cpu``, for ``run.gpus_per_worker`` GPUs (default 1; Ray then shows the actor only its own
+GPUs, so ``cuda`` / ``auto`` inside it is that GPU); the actors are capped at the GPUs' count divided by that
+share, so none waits forever.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def run_experiment(config: ExperimentConfig, store_path: str | Path, evaluator: 
                     if backend == "local":
                         _run_local(claims, resolve_evaluator(evaluator), record)
                     else:
-                        _run_ray(claims, evaluator, record, address, min(workers, len(work)))
+                        _run_ray(claims, evaluator, record, address, workers, len(work), config)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the trials stored so far and this run's row stay
             record_run()
             raise
@@ -225,13 +228,36 @@ def _ray_init(address: str | None, workers: int):
     return ray, True
 
 
-def _run_ray(claims: TrialClaims, evaluator, record, address: str | None, workers: int) -> None:
+def gpus_per_worker(config: ExperimentConfig, cluster_gpus: float) -> float:
+    """GPUs each Ray actor asks for: none on a cluster without GPUs or for ``eval.device: cpu``, else
+    ``run.gpus_per_worker`` (1 when unset; a fraction shares a GPU between actors)."""
+    if cluster_gpus <= 0 or config.eval.device == "cpu":
+        return 0.0
+    wanted = config.run.gpus_per_worker
+    return 1.0 if wanted is None else float(wanted)
+
+
+def actor_count(workers: int, groups: int, gpus_each: float, cluster_gpus: float) -> int:
+    """Actors to start: ``workers``, no more than the groups, and no more than the GPUs hold (an actor that
+    cannot get its GPU share would never start, and its trials would wait forever)."""
+    count = min(workers, groups)
+    if gpus_each > 0:
+        count = min(count, int(cluster_gpus / gpus_each + 1e-9))
+    return max(count, 1)
+
+
+def _run_ray(claims: TrialClaims, evaluator, record, address: str | None, workers: int, groups: int,
+             config: ExperimentConfig) -> None:
     """Each idle actor gets the next group this process has leased; while the rest is held by other processes,
     the driver keeps recording its own results and looks again every ``poll_s`` seconds."""
     ray, started = _ray_init(address, workers)
     try:
-        actor_class = ray.remote(num_cpus=1)(_Worker)
-        idle = [actor_class.remote(evaluator) for _ in range(workers)]
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpus_each = gpus_per_worker(config, cluster_gpus)
+        if gpus_each > cluster_gpus:
+            raise UserError(f"run.gpus_per_worker {gpus_each:g} is more than the cluster's {cluster_gpus:g} GPUs")
+        actor_class = ray.remote(num_cpus=1, num_gpus=gpus_each)(_Worker)
+        idle = [actor_class.remote(evaluator) for _ in range(actor_count(workers, groups, gpus_each, cluster_gpus))]
         running = {}  # generator → (actor, group, missing, seen)
         more = True  # claims.take() may still hand out work
         while True:

@@ -50,13 +50,14 @@ def sorted_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_i
         up = up + (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias).index_select(0, expert_sorted)
     inner = self._apply_gate(up) if self.has_gate else self.act_fn(up)
 
-    weight_first = not self.has_bias and not self.has_post_expert_norm
+    post_norm = getattr(self, "has_post_expert_norm", False)  # transformers ≥ 5.18; 5.17's experts lack it
+    weight_first = not self.has_bias and not post_norm
     if weight_first:
         inner = inner * weight.to(inner.dtype)
     out = _grouped_linear(inner, self.down_proj, offsets, self.is_transposed)
     if self.has_bias:
         out = out + self.down_proj_bias.index_select(0, expert_sorted)
-    if self.has_post_expert_norm:
+    if post_norm:
         out = self.post_expert_norm(out)
     if not weight_first:
         out = out * weight.to(out.dtype)
