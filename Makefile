@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map \
+.PHONY: demo test bench install clean-venv zoo-cards sensitivity routing-study main-result ablations regime-map replacement-study \
 	per-layer-account
 
 # The core package only: what `make demo` runs (no pytest, Ray or lm-eval).
@@ -61,10 +61,12 @@ clean-venv:
 ZOO := olmoe-tiny qwenmoe-tiny deepseekmoe-tiny
 # The deep reference model: its own runs (regime-deep, results/accuracy-deep), since it costs about twice as much.
 DEEP := olmoe-deep
+# The width-matched depth control (olmoe-deep's width at olmoe-tiny's depth): its own run, regime-depth.
+CONTROL := olmoe-narrow
 
 # Re-measure the zoo models' cards (test PPL, unigram baseline, expert usage) and regenerate docs/zoo.md's table.
 zoo-cards: $(VENV)/.installed
-	for m in $(ZOO) $(DEEP); do $(VENV)/bin/romer zoo card $$m || exit 1; done
+	for m in $(ZOO) $(DEEP) $(CONTROL); do $(VENV)/bin/romer zoo card $$m || exit 1; done
 	$(PY) scripts/update_readme.py zoo
 
 # Noise sensitivity of the zoo models (validation split) and docs/chips.md's table.
@@ -87,6 +89,13 @@ main-result: $(VENV)/.test-installed
 	$(VENV)/bin/romer run accuracy --set "models=[olmoe-deep]" --out results/accuracy-deep
 	$(VENV)/bin/romer run main --out results/main
 	$(PY) scripts/update_readme.py main-result key-result
+
+# docs/regime-map.md's "Which replacement" (replica vs split, alone and in ROMER) and "Depth or width" (olmoe-tiny,
+# olmoe-narrow, olmoe-deep); each resumes from its results store if interrupted.
+replacement-study: $(VENV)/.installed
+	$(VENV)/bin/romer run regime-replacement --out results/regime-replacement
+	$(VENV)/bin/romer run regime-depth --out results/regime-depth
+	$(PY) scripts/update_readme.py replacement depth
 
 # docs/results.md's "Ablations" tables (ablations, router-digital, per-layer, per-layer-0, noise-free).
 ablations: $(VENV)/.installed
