@@ -53,6 +53,7 @@ WRITTEN_ELSEWHERE = {
     "forward-throughput": ("benchmarks/README.md", "benchmarks/forward_throughput.py"),
     "program-speed": ("benchmarks/README.md", "benchmarks/program_speed.py"),
     "real-size": ("benchmarks/README.md", "benchmarks/real_size.py"),
+    "in-service": ("docs/in-service.md", "scripts/in_service.py"),
 }
 
 

@@ -189,3 +189,43 @@ def test_a_monitored_run_is_bit_reproducible_and_refits_change_the_scores():
     assert first.tokens == never.tokens == len(TEXT)
     assert first.log[0].extra["nll"] == never.log[0].extra["nll"]  # nothing refitted before the first step
     assert first.nll_sum != never.nll_sum and math.isfinite(first.ppl)
+
+
+# --- romer serve ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from romer.data import load_tokenizer
+    from tests.tiny_models import save_tiny
+
+    return save_tiny("olmoe", tmp_path_factory.mktemp("serve") / "olmoe", load_tokenizer(), vocab_size=8192,
+                     num_hidden_layers=2, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def test_romer_serve_prints_the_monitors_log_and_writes_it(folder, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from romer.cli.main import app
+
+    out = tmp_path / "log.json"
+    result = CliRunner().invoke(app, ["serve", "--model", str(folder), "--preset", "gaussian", "--max-tokens", "124",
+                                      "--window", "32", "--reference-windows", "2", "--refit-every", "64",
+                                      "--min-tokens", "1",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    steps = [line for line in result.output.splitlines() if line.startswith("step")]
+    assert len(steps) == 4  # 124 tokens in windows of 31 text tokens, one step each
+    assert [("refit (schedule)" in line) for line in steps] == [False, True, False, True]  # 32 router tokens a step
+    log = json.loads(out.read_text())
+    assert log["tokens"] == 124 and [e["refit"] for e in log["log"]] == [None, "schedule", None, "schedule"]
+
+
+def test_romer_serve_refuses_bad_counts_in_one_line(folder):
+    from typer.testing import CliRunner
+
+    from romer.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(folder), "--step", "0"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

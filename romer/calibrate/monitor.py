@@ -244,16 +244,23 @@ class RoutingMonitor:
         """Tokens in the long sketches (what a refit now would be fitted on)."""
         return int(self.state[self.layers[0].index].long.count.max()) if self.layers else 0
 
+    def fit_fixes(self, percentiles: tuple[float, float] | None = None,
+                  reference: dict[int, Percentiles] | None = None) -> list[RouterFix]:
+        """P1 corrections from the long sketches against the clean reference (at ``percentiles``, default the
+        config's; ``reference`` at those levels), without installing them."""
+        config = RecalibrateConfig(percentiles=percentiles or self.config.percentiles)
+        levels = (config.percentiles[0], 50.0, config.percentiles[1])
+        reference = reference or self.reference
+        return [recal.fit_quantile(Percentiles(levels, self.state[l.index].long.quantiles(levels)),
+                                   reference[l.index], config, copy.deepcopy(self.fixes[l.index]))
+                for l in self.layers]
+
     def refit(self) -> None:
-        """P1 from the long sketches against the clean reference, every layer at once."""
-        config = RecalibrateConfig(percentiles=self.config.percentiles)
-        levels = self.config.levels
-        for layer in self.layers:
+        """P1 from the long sketches against the clean reference, every layer at once; routes the next forward."""
+        for layer, fix in zip(self.layers, self.fit_fixes()):
             state = self.state[layer.index]
-            noisy = Percentiles(levels, state.long.quantiles(levels))
-            fix = copy.deepcopy(self.fixes[layer.index])
-            self.fixes[layer.index] = recal.fit_quantile(noisy, self.reference[layer.index], config, fix)
-            state.fitted_on = noisy.values
+            self.fixes[layer.index] = fix
+            state.fitted_on = state.long.quantiles(self.config.levels)
             if self.config.reset_after_refit:
                 state.long = LogitSketch(state.num_experts, state.bins)
         self.refits += 1
