@@ -32,6 +32,8 @@ _HOMES = {
     "routing_stats": "romer.api",
     "apply": "romer.api",
     "save_calibrated": "romer.api",
+    "serve": "romer.api",
+    "MonitorConfig": "romer.calibrate.monitor",
     "Chip": "romer.noise.chip",
     "Programmed": "romer.noise.chip",
     "EvalSpec": "romer.eval.spec",

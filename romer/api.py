@@ -32,7 +32,7 @@ from romer.methods import plan_kinds
 from romer.errors import UserError
 
 __all__ = ["Evaluation", "apply", "calibrate", "default_chip", "evaluate", "load", "presets", "program",
-           "routing_stats", "save_calibrated"]
+           "routing_stats", "save_calibrated", "serve"]
 
 # kinds ``calibrate`` fits a plan for (clean and oracle routing are reference rows, not plans)
 PLAN_KINDS = (*plan_kinds(), "noisy")  # noisy: the empty plan (the chip as programmed)
@@ -340,3 +340,48 @@ def save_calibrated(model, tokenizer, chip, plan, out) -> Path:
     from romer.calibrate.folder import save_calibrated as save_folder
 
     return save_folder(model, tokenizer, chip, plan, out)
+
+
+# --- in service -----------------------------------------------------------------------------------------------
+
+
+def serve(model, tokenizer, chip, spec=None, *, plan=None, monitor=None, reference=None, step: int = 1,
+          **spec_fields):
+    """Serve the spec's text through ``model`` on ``chip`` with a streaming routing monitor that refits P1 from
+    the served tokens (``romer.calibrate.monitor``): each step of ``step`` windows is scored, then the monitor
+    logs it (load CV, cold experts, logit drift per layer) and may refit, so no token is scored by a correction
+    fitted on it. Returns ``romer.calibrate.serving.Served`` (``ppl``, ``log``; ``to_dict()``); the model is left
+    as it was.
+
+    ``monitor``: a ``MonitorConfig`` or a dict of its fields (``refit_every`` tokens, ``drift_threshold``,
+    ``percentiles``, ``bins``, ``min_tokens``, ``cold``, ``reset_after_refit``). ``plan``: the starting plan
+    (its weights and its routing corrections; None: the chip as programmed). ``reference``: the clean
+    percentiles P1 maps onto (``romer.calibrate.monitor.reference_percentiles``), or a dict of calibration-data
+    fields to measure them on the clean model (default: 4 windows of the train split). ``spec`` and
+    ``spec_fields`` as :func:`evaluate` (default split validation).
+
+    >>> import romer
+    >>> model, tokenizer = romer.load("olmoe-tiny")
+    >>> served = romer.serve(model, tokenizer, romer.default_chip(), max_tokens=512, window=128,
+    ...                      monitor={"refit_every": 254}, reference={"sequences": 2, "window": 128})
+    >>> served.tokens, [entry.refit for entry in served.log]
+    (512, [None, 'schedule', None, 'schedule', None])
+    """
+    from romer.calibrate.apply import apply as apply_plan
+    from romer.calibrate.calibrator import observe
+    from romer.calibrate.config import CalibrationData
+    from romer.calibrate.data import calibration_windows
+    from romer.calibrate.monitor import MonitorConfig, RoutingMonitor, reference_percentiles
+    from romer.calibrate.plan import Plan
+    from romer.calibrate.serving import serve_text
+
+    spec = _spec(spec, {"split": "validation", **spec_fields} if spec is None else spec_fields)
+    config = monitor if isinstance(monitor, MonitorConfig) else MonitorConfig(**dict(monitor or {}))
+    if reference is None or isinstance(reference, Mapping):
+        data = CalibrationData(**{"sequences": 4, **dict(reference or {})})
+        clean = observe(model, calibration_windows(tokenizer, data), data.batch_size)
+        reference = reference_percentiles(clean.record, config.levels)
+    plan = plan or Plan.none(chip)
+    weights = Plan.from_dict({**plan.to_dict(), "router": []})  # the monitor routes with the plan's corrections
+    with apply_plan(model, chip, weights), RoutingMonitor(model, reference, config, plan.router) as watching:
+        return serve_text(model, tokenizer, spec.text(tokenizer), watching, window=spec.window, step=step)

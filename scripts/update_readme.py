@@ -59,6 +59,7 @@ WRITTEN_ELSEWHERE = {
     "program-speed": ("benchmarks/README.md", "benchmarks/program_speed.py"),
     "real-size": ("benchmarks/README.md", "benchmarks/real_size.py"),
     "gpu-check": ("docs/gpu.md", "benchmarks/gpu_check.py"),
+    "in-service": ("docs/in-service.md", "scripts/in_service.py"),
 }
 
 

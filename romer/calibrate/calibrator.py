@@ -74,8 +74,16 @@ class Calibrator:
         return calibration_windows(tokenizer, self.method.calibration)
 
     def fit_chip(self, chip: Chip) -> Chip:
-        """The chip the plan is fitted on: the scored chip, or another one (seed + fit_seed_offset: transfer)."""
-        return chip.with_seed(chip.seed + self.method.fit_seed_offset)
+        """The chip the plan is fitted on: the scored chip, or another one (seed + fit_seed_offset: transfer),
+        read at ``fit_time`` when the method sets one (else at the scored chip's time)."""
+        fitted = chip.with_seed(chip.seed + self.method.fit_seed_offset)
+        t_fit = self.method.fit_time
+        if t_fit is None:
+            return fitted
+        if t_fit > chip.preset.max_t_inference:
+            raise UserError(f"fit_time {t_fit:g} s is past the {chip.preset.name} device data "
+                            f"(up to {chip.preset.max_t_inference:g} s)")
+        return fitted.with_time(t_fit)
 
     @torch.no_grad()
     def fit(self, model: nn.Module, windows: torch.Tensor, chip: Chip, clean: Observation | None = None,

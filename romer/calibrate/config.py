@@ -120,7 +120,9 @@ PART_OPTIONS = {"replace": ReplaceConfig, "recalibrate": RecalibrateConfig, "max
 
 class MethodConfig(_Strict):
     """One method of a results table. ``fit_seed_offset`` ≠ 0 fits the plan on another chip (seed + offset)
-    than the one it is scored on: chip transfer."""
+    than the one it is scored on: chip transfer. ``fit_time`` (s after programming) fits the plan on the scored
+    chip read at that time instead of at the chip's own ``t_inference``: a plan fitted once and served later
+    (the chip's draws do not depend on the time, so both reads are of the same devices)."""
 
     name: str = Field(min_length=1)
     kind: str  # a registered kind (romer.methods.REGISTRY)
@@ -131,6 +133,7 @@ class MethodConfig(_Strict):
     copies: CopiesConfig | None = None
     calibration: CalibrationData = CalibrationData()
     fit_seed_offset: int = 0
+    fit_time: float | None = Field(None, ge=0)
 
     @field_validator("kind")
     @classmethod
@@ -153,6 +156,11 @@ class MethodConfig(_Strict):
                              "model's, so it cannot follow a replacement (kind romer) or router copies, or run "
                              "sequentially")
         return self
+
+    @property
+    def fits_elsewhere(self) -> bool:
+        """Whether the plan is fitted on another chip or at another time than the one it is scored on."""
+        return self.fit_seed_offset != 0 or self.fit_time is not None
 
     @property
     def scores(self) -> str:

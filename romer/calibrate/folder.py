@@ -59,8 +59,10 @@ def check_chip(plan: Plan, chip_file: Path) -> None:
         held = Chip.from_dict(json.loads(chip_file.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{chip_file}: not a chip description ({type(exc).__name__})") from None
-    expected = held.with_seed(held.seed + int(plan.method.get("fit_seed_offset", 0) or 0)).to_dict()
-    if plan.chip != expected:
+    expected = held.with_seed(held.seed + int(plan.method.get("fit_seed_offset", 0) or 0))
+    if plan.method.get("fit_time") is not None:
+        expected = expected.with_time(plan.method["fit_time"])
+    if plan.chip != expected.to_dict():
         raise UserError(f"{chip_file.parent}: plan.json was fitted for another chip (seed {plan.chip.get('seed')}) "
                         f"than the weights were read back from (seed {held.seed})")
 

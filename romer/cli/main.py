@@ -15,6 +15,7 @@ from romer.cli.eval import eval_command
 from romer.cli.memory import plan_memory_command
 from romer.cli.noise import noise_app
 from romer.cli.run import RunCommand, report_command, run_command
+from romer.cli.serve import serve_command
 from romer.cli.stats import stats_command
 from romer.cli.zoo import zoo_app
 
@@ -90,6 +91,7 @@ def build_app() -> typer.Typer:
     app.command("run", cls=RunCommand)(run_command)
     app.command("report")(report_command)
     app.command("plan-memory")(plan_memory_command)
+    app.command("serve")(serve_command)
     app.add_typer(zoo_app, name="zoo")
     app.add_typer(noise_app, name="noise")
     app.add_typer(chip_app, name="chip")

@@ -255,6 +255,9 @@ class ExperimentConfig(_Strict):
         payload = self.model_dump(mode="json", exclude=NOT_HASHED)
         if payload["eval"]["order"] is None:  # the default order hashes as before the key existed
             del payload["eval"]["order"]
+        for method in payload["methods"]:  # a plan fitted at the scored time hashes as before fit_time existed
+            if method["fit_time"] is None:
+                del method["fit_time"]
         for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
             entry["resolved"] = spec.resolved.to_dict()
         return payload

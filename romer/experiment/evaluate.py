@@ -68,7 +68,7 @@ def _deferred(method: MethodConfig) -> bool:
     taken once."""
     r = method.recalibrate
     return ((method.replace is not None or method.copies is not None) and r is not None and not r.sequential
-            and r.mode != "token" and method.fit_seed_offset == 0)
+            and r.mode != "token" and not method.fits_elsewhere)
 
 
 def _weights_part(method: MethodConfig) -> MethodConfig:

@@ -67,6 +67,10 @@ class Chip:
     def with_seed(self, seed: int) -> "Chip":
         return replace(self, seed=seed)
 
+    def with_time(self, t_inference: float) -> "Chip":
+        """The same chip (same devices and draws) read ``t_inference`` s after programming."""
+        return replace(self, t_inference=float(t_inference))
+
     def series(self, count: int) -> list["Chip"]:
         """``count`` chips identical but for their seeds: seed, seed + 1, …"""
         return [self.with_seed(self.seed + i) for i in range(count)]
