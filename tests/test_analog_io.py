@@ -55,8 +55,8 @@ def test_adc_rounds_and_clips_by_hand():
 
 
 def test_tiles_are_digitised_separately_and_summed():
-    """Two tiles of two inputs: tile 0 ŷ = 1.5 → 2 (half to even), ×s 1; tile 1 Ŵ = W/0.5, ŷ = 0.75 → 1, ×s 0.5:
-    2.5, where one tile would read 1.875 → 2."""
+    """Two tiles of two inputs: tile 0 ŷ = 1.5 → 2 (half to even), ×s 1; tile 1 Ŵ = W/0.5, ŷ = 0.75 → 1,
+    ×s 0.5: 2.5, where one tile would read 1.875 → 2."""
     w, x = torch.tensor([[1.0, 1.0, 0.5, 0.5]]), torch.tensor([[1.0, 0.5, 1.0, -0.25]])
     cfg = io(adc_bits=3, out_bound=3.0, tile_rows=2)
     assert analog_matmul(x, w, cfg).item() == 2.5
@@ -74,7 +74,8 @@ def test_weight_scaling_per_tile_or_column():
 
 def test_iterative_bound_management_by_hand():
     """Σ of 4 ones = 4 clips at bound 3; halving the input gives ŷ = 2 → y = 2·2 = 4 exactly. With a 7-bit DAC
-    the factor stops at 16 > 0.25/(2/126) = 15.75: 64 ones read x̂ = round(63/16)/63 = 4/63, ŷ = 4.06 → 3, y = 48."""
+    the factor stops at 16 > 0.25/(2/126) = 15.75: 64 ones read x̂ = round(63/16)/63 = 4/63, ŷ = 4.06 → 3,
+    y = 3·16 = 48."""
     cfg = io(out_bound=3.0, bound_management="iterative")
     assert analog_matmul(torch.ones(1, 4), torch.ones(1, 4), cfg).item() == 4.0
     assert analog_matmul(torch.ones(1, 4), torch.ones(1, 4), io(out_bound=3.0)).item() == 3.0
@@ -206,3 +207,51 @@ def test_fused_experts_go_through_the_io_path_per_expert_and_tile():
                 inner = F.silu(gate_up[:inter]) * gate_up[inter:]
                 expected += g * analog_matmul(inner[None], experts.down_proj[e], cfg)[0]
             torch.testing.assert_close(out[row], expected, rtol=1e-4, atol=1e-4)
+
+
+# --- chips, configs and the command line -----------------------------------------------------------------------
+
+# load_config("default").config_hash computed by romer before chip.io existed (main at b3e4b6c): stores stay valid
+DEFAULT_CONFIG_HASH = "05b252368cea6eae43dd9700a09dc0e8340b76f9c48e9d4fc2306d45c485cddb"
+
+
+def test_chip_dict_round_trip_keeps_the_io_model():
+    chip = Chip.from_options("pcm", io="hwa-standard", seed=4)
+    again = Chip.from_dict(chip.to_dict())
+    assert again == chip and again.io == HWA_STANDARD
+    assert Chip.from_dict(Chip.from_options("pcm").to_dict()).io.is_ideal
+
+
+def test_config_io_axis_and_unchanged_hash_without_it():
+    from romer.experiment.config_file import load_config
+
+    assert load_config("default").config_hash == DEFAULT_CONFIG_HASH
+    assert load_config("default", ["chip.io=[ideal]"]).config_hash == DEFAULT_CONFIG_HASH
+    both = load_config("default", ["chip.io=[ideal, hwa-standard]", "chip.chips=2", "models=[olmoe-tiny]"])
+    assert both.config_hash != DEFAULT_CONFIG_HASH
+    groups = both.groups()
+    assert both.trial_count() == 2 * load_config("default", ["chip.chips=2", "models=[olmoe-tiny]"]).trial_count()
+    assert [g.preset for g in groups] == ["pcm×10"] * 2 + ["pcm×10 + io hwa-standard"] * 2
+    assert "io" not in groups[0].chip and Chip.from_dict(groups[2].chip).io == HWA_STANDARD
+    keys = [k for g in groups for k in g.trial_keys().values()]
+    assert len(keys) == len(set(keys))
+    with pytest.raises(UserError):
+        load_config("default", ["chip.io=[adc9]"])
+
+
+def test_cli_io_option():
+    import json
+
+    from typer.testing import CliRunner
+
+    from romer.cli.main import app
+
+    cli = CliRunner(env={"COLUMNS": "200"})
+    shown = cli.invoke(app, ["noise", "show", "pcm", "--io", "hwa-standard", "--json", "-"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["io"]["dac_bits"] == 8
+    text = cli.invoke(app, ["noise", "show", "pcm", "--io", "aihwkit-default"])
+    assert "9 bit" in text.stdout and "iterative" in text.stdout
+    for args in (["noise", "show", "pcm", "--io", "adc9"],
+                 ["eval", "--model", "olmoe-tiny", "--io", "hwa-standard"]):  # an IO model needs a chip (--preset)
+        bad = cli.invoke(app, args)
+        assert bad.exit_code == 2 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -17,7 +17,8 @@ A crossbar tile of at most ``tile_rows`` inputs computes ``y = W x`` for one inp
    (out_bound 0 = no clipping). This is aihwkit's forward ``out_noise``, ``out_res`` and ``out_bound``.
 5. **Bound management** ``iterative`` (aihwkit ITERATIVE): a token whose output clipped is run again with its
    input scale doubled (x̂ halved), until no output clips or the factor exceeds min(1000, 0.25/Δ_in)
-   (aihwkit's ``max_bm_factor`` and ``max_bm_res``); romer decides per token, as the RPUCuda tiles do.
+   (aihwkit's ``max_bm_factor`` and ``max_bm_res``). romer decides per token (a token's own outputs clip or
+   not); aihwkit's torch tile decides for the whole batch at once, so the two agree token by token.
 6. **Digital side**: y_tile = ŷ_q · s · r (· the bound-management factor), and the tiles' outputs are summed
    digitally. Biases are digital and added after.
 
@@ -266,6 +267,11 @@ def static_range(x: Tensor, percentile: float) -> float:
     return value if value > 0 else 1.0
 
 
+def static_ranges(x: Tensor, io: IOConfig) -> list[float]:
+    """The static input range of each input tile of rows ``x [N, in]`` (``static_range`` per tile)."""
+    return [static_range(x[:, a:b], io.static_percentile) for a, b in tile_bounds(x.shape[-1], io.tile_rows)]
+
+
 def _quantise(values: Tensor, step: float) -> Tensor:
     return torch.round(values / step) * step if step else values
 
@@ -336,7 +342,7 @@ def analog_matmul(x: Tensor, w: Tensor, io: IOConfig, generator: torch.Generator
         return x @ w.T
     flat = x.reshape(-1, x.shape[-1])
     if io.input_range == "static" and ranges is None:
-        ranges = [static_range(flat[:, a:b], io.static_percentile) for a, b in tile_bounds(flat.shape[-1], io.tile_rows)]
+        ranges = static_ranges(flat, io)
     scales = weight_scales(w, io) if scales is None else scales
     bounds = tile_bounds(w.shape[-1], io.tile_rows)
 

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from romer.models.experts import FUSED
 from romer.models.sorted_experts import sorted_experts_forward
 from romer.models.view import moe_layers
-from romer.noise.io import IOConfig, analog_matmul, static_range, tile_bounds, tiled_analog_matmul, weight_scales
+from romer.noise.io import IOConfig, analog_matmul, static_ranges, tile_bounds, tiled_analog_matmul, weight_scales
 from romer.noise.placement import AnalogWeight
 
 GeneratorFor = Callable[[str, torch.device], torch.Generator]  # (key, device) → a seeded generator
@@ -52,8 +52,7 @@ class TensorIO:
         if self.io.input_range != "static":
             return None
         if self.ranges is None and rows.shape[0]:
-            self.ranges = [static_range(rows[:, a:b], self.io.static_percentile)
-                           for a, b in tile_bounds(rows.shape[-1], self.io.tile_rows)]
+            self.ranges = static_ranges(rows, self.io)
         return self.ranges
 
     def scales(self, weight: Tensor) -> list[Tensor]:
