@@ -13,7 +13,7 @@ Sections (markers ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``; each lives 
 
 Written by other scripts (listed in :data:`WRITTEN_ELSEWHERE`, so that every generated section has one known
 page): ``run-time`` in docs/experiments.md (``scripts/time_run.py --update-readme``) and ``forward-throughput``,
-``program-speed``, ``real-size`` in benchmarks/README.md (``benchmarks/*.py --update-readme``).
+``program-speed``, ``real-size``, ``io-overhead`` in benchmarks/README.md (``benchmarks/*.py --update-readme``).
 
 Every requested section is rendered, and every page checked for its markers, before any page is touched, so a
 section whose inputs or markers are missing writes nothing; each section is then rewritten in its page by
@@ -53,6 +53,7 @@ WRITTEN_ELSEWHERE = {
     "forward-throughput": ("benchmarks/README.md", "benchmarks/forward_throughput.py"),
     "program-speed": ("benchmarks/README.md", "benchmarks/program_speed.py"),
     "real-size": ("benchmarks/README.md", "benchmarks/real_size.py"),
+    "io-overhead": ("benchmarks/README.md", "benchmarks/io_overhead.py"),
 }
 
 

@@ -272,27 +272,38 @@ def static_ranges(x: Tensor, io: IOConfig) -> list[float]:
     return [static_range(x[:, a:b], io.static_percentile) for a, b in tile_bounds(x.shape[-1], io.tile_rows)]
 
 
-def _quantise(values: Tensor, step: float) -> Tensor:
-    return torch.round(values / step) * step if step else values
-
-
 def _input_scale(x: Tensor, io: IOConfig, fixed: float | None) -> Tensor:
     """Per token [N, 1] input scale r: the token's abs-max (0 → 1) or the static range."""
     if io.input_range == "static" and fixed is not None:
         return torch.full((x.shape[0], 1), fixed, dtype=torch.float32, device=x.device)
     peak = x.abs().amax(-1, keepdim=True)
-    return torch.where(peak > 0, peak, torch.ones_like(peak))
+    return peak.masked_fill_(peak == 0, 1.0)
 
 
-def _adc(y_hat: Tensor, io: IOConfig, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Output noise, ADC rounding and clipping of ŷ ``[N, out]`` (array units); returns (ŷ_q, clipped [N])."""
+def _dac_levels(x: Tensor, r: Tensor, io: IOConfig) -> Tensor:
+    """x / r in DAC steps: round(x / (r·Δ_in)) clipped to ±1/Δ_in (x / r clipped to ±1 without a DAC)."""
+    step = io.input_step or 1.0
+    levels = x / (r * step)
+    if io.dac_bits:
+        levels.round_()
+    if io.dac_bits or io.input_range == "static":
+        levels.clamp_(-1.0 / step, 1.0 / step)
+    return levels
+
+
+def _adc_levels(u: Tensor, io: IOConfig, generator: torch.Generator | None, iterative: bool) -> Tensor | None:
+    """In place on ŷ in ADC steps ``u [N, out]``: output noise, rounding, clipping at ±out_bound; returns which rows
+    clipped when ``iterative`` (else None)."""
+    step = io.output_step or 1.0
     if io.out_noise:
-        y_hat = y_hat + io.out_noise * torch.randn(y_hat.shape, generator=generator, device=y_hat.device)
-    y_hat = _quantise(y_hat, io.output_step)
+        u.add_(torch.randn(u.shape, generator=generator, device=u.device), alpha=io.out_noise / step)
+    if io.output_step:
+        u.round_()
     if not io.out_bound:
-        return y_hat, torch.zeros(y_hat.shape[0], dtype=torch.bool, device=y_hat.device)
-    clipped = (y_hat.abs() > io.out_bound).any(-1)
-    return y_hat.clamp(-io.out_bound, io.out_bound), clipped
+        return None
+    clipped = (u.abs() > io.out_bound / step).any(-1) if iterative else None
+    u.clamp_(-io.out_bound / step, io.out_bound / step)
+    return clipped
 
 
 TileMatmul = Callable[[int, Tensor, Tensor | None], Tensor]  # (tile, x̂ rows, row index or None) → W_tile x̂
@@ -302,11 +313,15 @@ RowScales = Callable[[int, Tensor | None], Tensor]  # (tile, row index or None) 
 def tiled_analog_matmul(x: Tensor, io: IOConfig, matmul: TileMatmul, scales: RowScales, generator,
                         ranges: list[float | None] | None = None) -> Tensor:
     """The IO path for rows ``x [N, in]`` (float32 result ``[N, out]``), given per tile the array product in
-    weight units (``matmul``) and the weight scales s (``scales``); ``ranges``: the static input range per tile."""
+    weight units (``matmul``) and the weight scales s (``scales``); ``ranges``: the static input range per tile.
+
+    Arithmetic in quantisation steps: the array multiplies the DAC's integer levels, ŷ/Δ_out = levels·W·Δ_in /
+    (s·Δ_out) is noised, rounded and clipped in ADC steps, and y = that·Δ_out·s·r (few passes over the outputs)."""
     x = x.float()
     total = None
     limit = io.bound_factor_limit
     iterative = io.bound_management == "iterative"
+    to_adc_steps = (io.input_step or 1.0) / (io.output_step or 1.0)
     for t, (a, b) in enumerate(tile_bounds(x.shape[-1], io.tile_rows)):
         x_tile = x[:, a:b]
         r = _input_scale(x_tile, io, ranges[t] if ranges else None)
@@ -314,11 +329,11 @@ def tiled_analog_matmul(x: Tensor, io: IOConfig, matmul: TileMatmul, scales: Row
         while True:
             part, r_part = (x_tile, r) if rows is None else (x_tile.index_select(0, rows), r.index_select(0, rows))
             r_part = r_part * factor
-            x_hat = _quantise(part / r_part, io.input_step).clamp_(-1.0, 1.0)
             s = scales(t, rows)
-            y_hat, clipped = _adc(matmul(t, x_hat, rows).float() / s, io, generator)
-            y = y_hat * s * r_part
-            final = None if not iterative or factor > limit else ~clipped  # None: every row is final
+            u = matmul(t, _dac_levels(part, r_part, io), rows).float().mul_(to_adc_steps).div_(s)
+            clipped = _adc_levels(u, io, generator, iterative)
+            y = u.mul_(s).mul_(r_part * (io.output_step or 1.0))
+            final = None if clipped is None or factor > limit else ~clipped  # None: every row is final
             if out is None:
                 out = y
             elif final is None:
@@ -329,7 +344,7 @@ def tiled_analog_matmul(x: Tensor, io: IOConfig, matmul: TileMatmul, scales: Row
                 break
             rows = (torch.arange(x.shape[0], device=x.device) if rows is None else rows)[~final]
             factor *= 2.0
-        total = out if total is None else total + out
+        total = out if total is None else total.add_(out)
     return total
 
 
