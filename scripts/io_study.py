@@ -3,7 +3,9 @@
   python scripts/io_study.py tie-rate --model olmoe-tiny        → results/io/tie-rate-olmoe-tiny.json
   python scripts/io_study.py cost --model olmoe-tiny            → results/io/cost-olmoe-tiny.json
 
-``--print`` renders the docs/io.md tables from the files already on disk.
+``--print`` renders the docs/io.md tables from the files already on disk; ``regime --print`` puts the
+``romer run regime-io`` rows (results/regime-io/results.json) beside the same chips with ideal IO from
+``romer run regime`` (results/regime/results.json).
 """
 
 from __future__ import annotations
@@ -43,13 +45,41 @@ def cost_table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+REGIME_METHODS = ("noisy", "recalibration", "romer")
+
+
+def regime_table(ideal: Path = Path("results/regime/results.json"),
+                 with_io: Path = Path("results/regime-io/results.json")) -> str:
+    io_rows = json.loads(with_io.read_text())["rows"]
+    ideal_rows = json.loads(ideal.read_text())["rows"]
+    lines = ["| model | placement | chip | clean | noisy | recalibration (PPL vs noisy) | romer (PPL vs noisy) |",
+             "|---|---|---|---|" + "---|" * len(REGIME_METHODS)]
+    cells = sorted({(r["model"], r["placement"], r["preset"].split(" + ")[0]) for r in io_rows})
+    for model, placement, preset in cells:
+        for label, rows in (("ideal IO", ideal_rows), ("+ io", io_rows)):
+            mine = {r["method"]: r for r in rows if r["model"] == model and r["placement"] == placement
+                    and (r["preset"] == preset if label == "ideal IO" else r["preset"].startswith(preset + " + "))}
+            if not mine:
+                continue
+            chip = preset if label == "ideal IO" else next(iter(mine.values()))["preset"]
+            values = [f"{mine[m]['ppl_mean']:.2f} ± {mine[m]['ppl_std']:.2f}"
+                      + ("" if m == "noisy" else f" ({-mine[m]['reduction_of_means_pct']:+.1f} %)")
+                      if m in mine else "—" for m in REGIME_METHODS]
+            lines.append(f"| {model} | {placement} | {chip} | {mine['clean']['ppl_mean']:.2f} | "
+                         + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=["tie-rate", "cost"])
+    parser.add_argument("study", choices=["tie-rate", "cost", "regime"])
     parser.add_argument("--model", action="append", default=[])
     parser.add_argument("--chips", type=int, default=3)
     parser.add_argument("--print", action="store_true", help="only print the table from results/io/")
     args = parser.parse_args()
+    if args.study == "regime":
+        print(regime_table())
+        return
     if not args.print:
         from romer.studies.io_study import io_cost, router_tie_rate
 
