@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import replace
 
@@ -46,6 +47,8 @@ def measure(name: str, ios: list[str], placements: list[str], tokens: int, windo
                     started = time.perf_counter()
                     perplexity(model, tokenizer, text, window=window, batch_size=batch_size)
                     seconds[io].append(time.perf_counter() - started)
+            print(f"{name} {placement} round {round_}: " + ", ".join(f"{io} {s[-1]:.2f} s" for io, s in seconds.items()),
+                  file=sys.stderr, flush=True)
             if round_ == 0:
                 continue
             ratios = {io: interval([math.log(a / b) for a, b in zip(seconds[io][1:], seconds["ideal"][1:])])

@@ -255,3 +255,20 @@ def test_cli_io_option():
                  ["eval", "--model", "olmoe-tiny", "--io", "hwa-standard"]):  # an IO model needs a chip (--preset)
         bad = cli.invoke(app, args)
         assert bad.exit_code == 2 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_runner_state_puts_the_io_model_on_while_entered():
+    """romer run evaluates on a BaseState (programmed weights copied in and out): the IO hooks come with enter()
+    and go with leave(), and the entered model computes what program() gives for the same chip."""
+    from romer.experiment.states import BaseState
+
+    model, ids = _model_and_ids("olmoe")
+    chip = Chip.from_options("pcm", placement="moe", io="aihwkit-default", seed=2)
+    with program(model, chip):
+        expected = _logits(model, ids)
+    state = BaseState(model, chip)
+    assert not _replaced_forwards(model)
+    state.enter()
+    assert _replaced_forwards(model) and torch.equal(_logits(model, ids), expected)
+    state.leave()
+    assert not _replaced_forwards(model)

@@ -273,6 +273,16 @@ def _program_in_place(param: torch.Tensor, chip: Chip, key: str) -> int:
     return stream.drawn
 
 
+def install_chip_io(model: nn.Module, chip: Chip, weights: list[AnalogWeight] | None = None) -> IOHooks | None:
+    """Put the chip's IO model on the model's analog matmuls (``romer.noise.io_hooks``; ``weights``: the chip's
+    analog weights, found when not given), output noise seeded from the chip seed; None for ideal IO (nothing
+    installed). The caller removes the hooks (``IOHooks.remove``); ``program`` does so in ``restore()``."""
+    if chip.io.is_ideal:
+        return None
+    weights = chip.analog_weights(model) if weights is None else weights
+    return install_io(model, chip.io, weights, lambda key, device: tensor_generator(chip.seed, key, device))
+
+
 @torch.no_grad()
 def program_copy(clean: torch.Tensor, chip: Chip, name: str, copy: int) -> torch.Tensor:
     """Another array of ``chip`` holding parameter ``name``'s clean weights ``clean``, as a new tensor: copy
@@ -322,8 +332,7 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
             store.restore_into(name, param)
         store.close()
         raise
-    hooks = None if chip.io.is_ideal else install_io(
-        model, chip.io, weights, lambda key, device: tensor_generator(chip.seed, key, device))
+    hooks = install_chip_io(model, chip, weights)
     setattr(model, _PROGRAMMED_FLAG, chip)
     release_free_memory()  # the float32 working buffers of the last matrices
     handle = Programmed(model, chip, store, params, hooks)
