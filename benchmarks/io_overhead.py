@@ -74,7 +74,8 @@ def table(results: dict[str, dict], args) -> str:
               f"batch {args.batch_size}, on the default chip (PCM ×10, t = 1 day); seconds are medians over the "
               f"rounds, ratios geometric means of per-round ratios; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {platform.machine()}, load average {os.getloadavg()[0]:.1f} at "
-              "the end. Regenerate: `python benchmarks/io_overhead.py --update-readme`."]
+              f"the end. Regenerate: `python benchmarks/io_overhead.py --models {' '.join(args.models)} --tokens "
+              f"{args.tokens} --min-repeats {args.min_repeats} --max-repeats {args.max_repeats} --update-readme`."]
     return "\n".join(lines)
 
 

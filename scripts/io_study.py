@@ -3,15 +3,16 @@
   python scripts/io_study.py tie-rate --model olmoe-tiny        → results/io/tie-rate-olmoe-tiny.json
   python scripts/io_study.py cost --model olmoe-tiny            → results/io/cost-olmoe-tiny.json
 
-``--print`` renders the docs/io.md tables from the files already on disk; ``regime --print`` puts the
-``romer run regime-io`` rows (results/regime-io/results.json) beside the same chips with ideal IO from
-``romer run regime`` (results/regime/results.json).
+``--print`` renders the docs/io.md tables from the files already on disk; ``regime`` puts the
+``romer run regime-io`` rows (results/regime-io/results.json) beside the same chips with ideal IO from the
+regime map's cells (results/regime-map/cells.json, ``romer run regime``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from romer.io import write_json_atomic
@@ -48,25 +49,28 @@ def cost_table(paths: list[Path]) -> str:
 REGIME_METHODS = ("noisy", "recalibration", "romer")
 
 
-def regime_table(ideal: Path = Path("results/regime/results.json"),
+def regime_table(cells: Path = Path("results/regime-map/cells.json"),
                  with_io: Path = Path("results/regime-io/results.json")) -> str:
+    """PPL per method under IO (``romer run regime-io``) beside the same chips (seeds) with ideal IO, taken from
+    the regime map's cells (``romer run regime``)."""
     io_rows = json.loads(with_io.read_text())["rows"]
-    ideal_rows = json.loads(ideal.read_text())["rows"]
-    lines = ["| model | placement | chip | clean | noisy | recalibration (PPL vs noisy) | romer (PPL vs noisy) |",
-             "|---|---|---|---|" + "---|" * len(REGIME_METHODS)]
-    cells = sorted({(r["model"], r["placement"], r["preset"].split(" + ")[0]) for r in io_rows})
-    for model, placement, preset in cells:
-        for label, rows in (("ideal IO", ideal_rows), ("+ io", io_rows)):
-            mine = {r["method"]: r for r in rows if r["model"] == model and r["placement"] == placement
-                    and (r["preset"] == preset if label == "ideal IO" else r["preset"].startswith(preset + " + "))}
-            if not mine:
-                continue
-            chip = preset if label == "ideal IO" else next(iter(mine.values()))["preset"]
-            values = [f"{mine[m]['ppl_mean']:.2f} ± {mine[m]['ppl_std']:.2f}"
-                      + ("" if m == "noisy" else f" ({-mine[m]['reduction_of_means_pct']:+.1f} %)")
-                      if m in mine else "—" for m in REGIME_METHODS]
-            lines.append(f"| {model} | {placement} | {chip} | {mine['clean']['ppl_mean']:.2f} | "
-                         + " | ".join(values) + " |")
+    ideal_cells = json.loads(cells.read_text())["cells"]
+    lines = ["| model | placement | chips (seeds) | IO | clean | noisy | recalibration (vs noisy) | romer (vs noisy) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, placement, preset in sorted({(r["model"], r["placement"], r["preset"]) for r in io_rows}):
+        base = preset.split(" + ")[0]
+        mine = {r["method"]: r for r in io_rows if (r["model"], r["placement"], r["preset"]) == (model, placement,
+                                                                                               preset)}
+        seeds = mine["noisy"]["seeds"]
+        cell = next(c for c in ideal_cells if (c["model"], c["placement"], c["preset"], c["source"]) == (
+            model, placement, base, "regime"))
+        ideal = {m: statistics.fmean(p for p, s in zip(v["ppl"], v["seeds"]) if s in seeds)
+                 for m, v in cell["methods"].items()}
+        for label, ppl in (("ideal", ideal), (preset.split(" + ")[1], {m: r["ppl_mean"] for m, r in mine.items()})):
+            values = [f"{ppl[m]:.2f}" + ("" if m == "noisy" else f" ({100 * (ppl[m] / ppl['noisy'] - 1):+.1f} %)")
+                      for m in REGIME_METHODS]
+            lines.append(f"| {model} | {placement} | {base}, {len(seeds)} ({', '.join(map(str, seeds))}) | {label} "
+                         f"| {ppl['clean']:.2f} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
