@@ -135,6 +135,15 @@ def table(results: dict[str, dict], args) -> str:
     return "\n".join(lines)
 
 
+def publish(text: str, update: bool, begin: str = BEGIN, end: str = END) -> None:
+    """Print a table and, with ``update``, rewrite it in benchmarks/README.md between the markers."""
+    print(text)
+    if update:
+        from romer.io import replace_between_markers
+
+        replace_between_markers(README, begin, end, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=16)
@@ -154,12 +163,7 @@ def main() -> None:
     results = {name: measure(name, args.windows, args.batch_size, args.window, args.ci, args.min_repeats,
                              args.max_repeats, ["float32", "bfloat16"] if args.bf16 else ["float32"])
                for name in (args.models or zoo_names())}
-    text = table(results, args)
-    print(text)
-    if args.update_readme:
-        from romer.io import replace_between_markers
-
-        replace_between_markers(README, BEGIN, END, text)
+    publish(table(results, args), args.update_readme)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ itself imports neither torch nor transformers.
 ['gaussian', 'gaussian-mult', 'hermes', 'pcm', 'reram']
 >>> chip = romer.default_chip(seed=2)                        # the main job's chip: PCM ×10 at 1 day, MoE analog
 >>> chip  # doctest: +ELLIPSIS
-Chip(preset=PCMPreset(...), placement=frozenset({...}), mapping='expert', seed=2, t_inference=86400.0)
+Chip(preset=PCMPreset(...), placement=frozenset({...}), mapping='expert', seed=2, t_inference=86400.0, io=IOConfig(name='ideal', ...))
 
 The steps of a study, each one call: ``romer.load`` → ``romer.program`` (a chip's read-back weights, restored
 on exit) → ``romer.evaluate`` (an ``EvalSpec``) → ``romer.calibrate`` (a ``Plan``) → ``romer.apply`` /

@@ -15,8 +15,8 @@ Sections (markers ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``; each lives 
 
 Written by other scripts (listed in :data:`WRITTEN_ELSEWHERE`, so that every generated section has one known
 page): ``run-time`` in docs/experiments.md (``scripts/time_run.py --update-readme``) and ``forward-throughput``,
-``program-speed``, ``real-size`` in benchmarks/README.md (``benchmarks/*.py --update-readme``), ``gpu-check`` in
-docs/gpu.md (``benchmarks/gpu_check.py --update-docs``).
+``program-speed``, ``real-size``, ``io-overhead`` in benchmarks/README.md (``benchmarks/*.py --update-readme``),
+``gpu-check`` in docs/gpu.md (``benchmarks/gpu_check.py --update-docs``).
 
 Every requested section is rendered, and every page checked for its markers, before any page is touched, so a
 section whose inputs or markers are missing writes nothing; each section is then rewritten in its page by
@@ -60,6 +60,7 @@ WRITTEN_ELSEWHERE = {
     "real-size": ("benchmarks/README.md", "benchmarks/real_size.py"),
     "gpu-check": ("docs/gpu.md", "benchmarks/gpu_check.py"),
     "in-service": ("docs/in-service.md", "scripts/in_service.py"),
+    "io-overhead": ("benchmarks/README.md", "benchmarks/io_overhead.py"),
 }
 
 

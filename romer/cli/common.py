@@ -25,6 +25,8 @@ PRESET_HELP = ("Noise preset: default (the main job's chip: PCM with programming
                "pcm (PCM at its published noise, ×1), hermes, reram, gaussian, gaussian-mult, or a preset file "
                "(.yaml, e.g. from `romer chip fit`)")
 PLACEMENT_HELP = "Analog placement: moe, experts, all, or a comma list of groups (default moe)."
+IO_HELP = ("IO model of every analog matmul (DAC, output noise, ADC, tiles): ideal (exact inputs and outputs, the "
+           "default), aihwkit-default, hwa-standard, or an io file (.yaml); see docs/io.md.")
 MAPPING_HELP = "Mapping group: expert, channel, tile or tensor (default expert)."
 T_HELP = "Inference time, seconds after programming (default 86400: one day)."
 MODEL_HELP = "Zoo model name or a local Hugging Face folder."
@@ -53,7 +55,7 @@ TASK_DATA_HELP = "Local file of a task, TASK=PATH (e.g. arc_easy=ARC-Easy-Test.j
 LIMIT_HELP = "Only the first N items of each zero-shot task (eval.task_limit)."
 
 # --set: per section, the keys a command may set (None: any key below it, checked by what reads it)
-CHIP_KEYS = ("preset", "overrides", "placement", "mapping", "t_inference", "chips", "seed")
+CHIP_KEYS = ("preset", "overrides", "placement", "mapping", "t_inference", "chips", "seed", "io")
 EVAL_KEYS = ("dataset", "data_path", "split", "order", "max_tokens", "ppl", "window", "batch_size", "dtype", "tasks",
              "task_data", "task_limit", "device", "weights_dtype")
 TEXT_KEYS = ("dataset", "data_path", "split", "order", "max_tokens", "window", "batch_size", "device", "weights_dtype")
@@ -72,7 +74,7 @@ KEY_SPACES: dict[str, dict[str, tuple[str, ...] | None]] = {
 INTEGER_KEYS = {"max_tokens", "window", "batch_size", "task_limit", "chips", "seed", "sequences"}
 SET_HELP = ("SECTION.KEY=VALUE (a YAML value) with the experiment config's keys, after the options; repeatable. "
             "chip.overrides.KNOB sets a preset constant (e.g. chip.overrides.prog_noise_scale=3); also "
-            "chip.preset/placement/mapping/t_inference/chips/seed and eval.KEY (dataset, data_path, split, order, "
+            "chip.preset/placement/mapping/t_inference/chips/seed/io and eval.KEY (dataset, data_path, split, order, "
             "max_tokens, ppl, window, batch_size, dtype, tasks, task_data, task_limit, device, weights_dtype). "
             "See docs/cli.md.")
 NOISE_SET_HELP = "chip.overrides.KNOB=VALUE: a preset constant, e.g. chip.overrides.prog_noise_scale=3; repeatable."
@@ -84,6 +86,7 @@ SEED_OPTION = typer.Option(None, "--seed", help="Seed of the (first) chip (defau
 T_OPTION = typer.Option(None, "--t", help=T_HELP)
 PLACEMENT_OPTION = typer.Option(None, "--placement", help=PLACEMENT_HELP)
 MAPPING_OPTION = typer.Option(None, "--mapping", help=MAPPING_HELP)
+IO_OPTION = typer.Option(None, "--io", help=IO_HELP)
 SET_OPTION = typer.Option([], "--set", help=SET_HELP)
 DATASET_OPTION = typer.Option(None, "--dataset", help=DATASET_HELP)
 DATA_PATH_OPTION = typer.Option(None, "--data-path", help=DATA_PATH_HELP)
@@ -233,13 +236,14 @@ def chip_from(section: dict, needed: bool = False):
     a preset constant (chip.overrides) is an error. Preset ``default`` is the main job's chip
     (``romer.noise.chip.DEFAULT_CHIP``), its noise scales under any ``overrides``."""
     from romer.noise.chip import DEFAULT_CHIP, Chip
+    from romer.noise.io import get_io
 
     section = dict(section)
     chips = section.pop("chips", 5)
     check_at_least("--chips", chips)
     preset = section.pop("preset", "default" if needed else None)
     if preset is None:
-        stray = sorted(k for k in section if k in ("overrides",))
+        stray = sorted(k for k in section if k in ("overrides", "io"))
         if stray:
             raise UserError(f"chip.{stray[0]} (--set) needs --preset (or --set chip.preset=NAME)")
         return None, chips
@@ -252,7 +256,7 @@ def chip_from(section: dict, needed: bool = False):
         raise UserError(f"chip.t_inference (--t) takes seconds, got {t!r}")
     options = dict(placement=section.get("placement", DEFAULT_CHIP["placement"]),
                    mapping=section.get("mapping", DEFAULT_CHIP["mapping"]), seed=section.get("seed", 0),
-                   t_inference=float(t))
+                   t_inference=float(t), io=get_io(section.get("io")))
     return Chip(preset, **options), chips
 
 
@@ -269,10 +273,10 @@ def preset_from(name: str, overrides: dict | None = None):
     return get_preset(name, **overrides)
 
 
-def chip_given(preset=None, chips=None, seed=None, t=None, placement=None, mapping=None) -> dict[str, Any]:
+def chip_given(preset=None, chips=None, seed=None, t=None, placement=None, mapping=None, io=None) -> dict[str, Any]:
     """The chip options a user gave, as ``chip.KEY`` entries for :func:`resolve_settings`."""
     return {"chip.preset": preset, "chip.chips": chips, "chip.seed": seed, "chip.t_inference": t,
-            "chip.placement": placement, "chip.mapping": mapping}
+            "chip.placement": placement, "chip.mapping": mapping, "chip.io": io}
 
 
 def preset_label(preset) -> str:
@@ -290,8 +294,9 @@ def preset_label(preset) -> str:
 def chip_label(chip, chips: int = 1) -> str:
     """One line naming the chip(s): preset, time, placement, mapping, seeds."""
     seeds = f"seed {chip.seed}" if chips == 1 else f"seeds {chip.seed}…{chip.seed + chips - 1}"
+    io = "" if chip.io.is_ideal else f", io {chip.io.name}"
     return (f"{preset_label(chip.preset)} at t = {chip.t_inference:g} s, {chip.placement_name()} analog, "
-            f"{chip.mapping} mapping, {seeds}")
+            f"{chip.mapping} mapping{io}, {seeds}")
 
 
 # --- the text ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION,
-                              DEVICE_OPTION, DTYPE_OPTION, LIMIT_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION,
+                              DEVICE_OPTION, DTYPE_OPTION, IO_OPTION, LIMIT_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION,
                               MODEL_OPTION, ORDER_OPTION, PLACEMENT_OPTION, PPL_OPTION, PRESET_HELP, SEED_OPTION,
                               SET_OPTION, SPLIT_OPTION, TASKS_OPTION, TASK_DATA_OPTION, TRUST_REMOTE_CODE_OPTION,
                               T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given, chip_label, data_given,
@@ -58,6 +58,7 @@ def eval_command(
     t: Optional[float] = T_OPTION,
     placement: Optional[str] = PLACEMENT_OPTION,
     mapping: Optional[str] = MAPPING_OPTION,
+    io: Optional[str] = IO_OPTION,
     settings: list[str] = SET_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
@@ -71,7 +72,7 @@ def eval_command(
     from romer.calibrate.folder import is_calibrated
     from romer.eval.suite import measure, summarize
 
-    data = resolve_settings("eval", {**chip_given(preset, chips, seed, t, placement, mapping),
+    data = resolve_settings("eval", {**chip_given(preset, chips, seed, t, placement, mapping, io),
                                      **data_given(dataset, data_path, split, order, max_tokens, window, batch_size,
                                                   ppl, tasks, task_data, limit, device, dtype)}, settings)
     chip, count = chip_from(data["chip"])

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from romer.cli.common import (NOISE_SET_HELP, ORDER_OPTION, announce, check_at_least, eval_spec,
+from romer.cli.common import (IO_OPTION, NOISE_SET_HELP, ORDER_OPTION, announce, check_at_least, eval_spec,
                               preset_from, preset_label, resolve_settings, user_errors)
 from romer.cli.output import JSON_HELP, console, table, write_json
 
@@ -23,15 +23,19 @@ SHOW_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
 def noise_show(
     preset: str = typer.Argument(..., help=PRESET_ARG_HELP),
     settings: list[str] = typer.Option([], "--set", help=NOISE_SET_HELP),
+    io: Optional[str] = IO_OPTION,
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
-    """A preset's constants and the spread of the read-back conductance σ(ĝ) at a few times."""
+    """A preset's constants, the spread of the read-back conductance σ(ĝ) at a few times, and the IO model."""
+    from romer.noise.io import get_io
+
     chosen = preset_from(preset, resolve_settings("noise show", {}, settings)["chip"].get("overrides"))
+    periphery = get_io(io)
     times = [t for t in SHOW_TIMES_S if t <= chosen.max_t_inference]
     rows = chosen.sigma_table(SHOW_LEVELS, times)
     constants = chosen.describe()
     payload = {"preset": chosen.name, "settings": chosen.to_dict(), "constants": dict(constants),
-               "sigma": [row._asdict() for row in rows]}
+               "sigma": [row._asdict() for row in rows], "io": periphery.to_dict()}
     if write_json(json_path, payload):
         return
     out = console()
@@ -40,6 +44,8 @@ def noise_show(
     cells = [[f"{g:g}", *(f"{r.std:.4f} ({r.mean:.3f})" for r in rows if r.g_target == g)] for g in SHOW_LEVELS]
     out.print(table("std of read-back ĝ = g/g_max (mean in brackets), no drift compensation",
                     ("ĝ_T", *(f"t = {t:g} s" for t in times)), cells, keys=()))
+    out.print(table(f"io {periphery.name}: the periphery of every analog matmul", ("part", "value"),
+                    periphery.describe(), keys=(0,), right=()))
 
 
 @noise_app.command("plot")
@@ -68,12 +74,14 @@ def noise_sensitivity(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score the text's first N tokens (default "
                                                                         "16384)."),
     window: Optional[int] = typer.Option(None, "--window", help="Model input length in tokens (default 512)."),
+    io: Optional[str] = IO_OPTION,
     settings: list[str] = typer.Option([], "--set", help="eval.KEY=VALUE: split, order, max_tokens, window; "
                                                          "repeatable."),
     json_path: Optional[str] = typer.Option(None, "--json", help=JSON_HELP),
 ):
     """Validation PPL under PCM over time, PCM with scaled noise and gaussian noise, per placement."""
     from romer.models import zoo_names
+    from romer.noise.io import get_io
     from romer.report.studies import sensitivity_markdown
     from romer.studies.sensitivity import SENSITIVITY_SPEC, sensitivity
 
@@ -81,9 +89,11 @@ def noise_sensitivity(
     data = resolve_settings("noise sensitivity", {"eval.split": split, "eval.order": order,
                                                   "eval.max_tokens": max_tokens, "eval.window": window}, settings)
     spec = eval_spec(data["eval"], split=SENSITIVITY_SPEC.split, max_tokens=SENSITIVITY_SPEC.max_tokens)
+    periphery = get_io(io)
     to_stdout = json_path == "-"
-    announce(console(), "PCM over time and noise scale, gaussian η; moe and all placements", spec.label,
-             stderr=to_stdout)
-    results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout) for name in models or zoo_names()]
+    announce(console(), "PCM over time and noise scale, gaussian η; moe and all placements"
+             + ("" if periphery.is_ideal else f"; io {periphery.name}"), spec.label, stderr=to_stdout)
+    results = [sensitivity(name, chips=chips, spec=spec, progress=not to_stdout, io=periphery)
+               for name in models or zoo_names()]
     if not write_json(json_path, results):
         typer.echo(sensitivity_markdown(results))

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from romer.cli.common import (ALLOW_PICKLE_OPTION, BATCH_OPTION, DATASET_OPTION, DATA_PATH_OPTION, DEVICE_MAP_OPTION,
-                              DEVICE_OPTION, DTYPE_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION, MODEL_OPTION,
+                              DEVICE_OPTION, DTYPE_OPTION, IO_OPTION, MAPPING_OPTION, MAX_TOKENS_OPTION, MODEL_OPTION,
                               ORDER_OPTION, PLACEMENT_OPTION, PRESET_HELP, SEED_OPTION, SET_OPTION, SPLIT_OPTION,
                               TRUST_REMOTE_CODE_OPTION, T_OPTION, WINDOW_OPTION, announce, chip_from, chip_given,
                               chip_label, check_writable, data_given, eval_spec, load_options, model_label,
@@ -24,6 +24,7 @@ def stats_command(
     t: Optional[float] = T_OPTION,
     placement: Optional[str] = PLACEMENT_OPTION,
     mapping: Optional[str] = MAPPING_OPTION,
+    io: Optional[str] = IO_OPTION,
     settings: list[str] = SET_OPTION,
     dataset: Optional[str] = DATASET_OPTION,
     data_path: Optional[str] = DATA_PATH_OPTION,
@@ -47,7 +48,7 @@ def stats_command(
     from romer.models import load_model
     from romer.routing import RoutingStats
 
-    data = resolve_settings("stats", {**chip_given(preset, chips, seed, t, placement, mapping),
+    data = resolve_settings("stats", {**chip_given(preset, chips, seed, t, placement, mapping, io),
                                       **data_given(dataset, data_path, split, order, max_tokens, window,
                                                    batch_size, device=device, dtype=dtype)}, settings)
     chip, chips = chip_from(data["chip"])

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from romer.calibrate.config import CalibrationData, MethodConfig, ablation_methods, default_methods
 from romer.noise.chip import DEFAULT_CHIP, Chip
+from romer.noise.io import get_io
 from romer.noise.placement import parse_placement
 from romer.noise.presets import NoisePreset
 from romer.noise.registry import get_preset, noise_label
@@ -90,8 +91,9 @@ class ChipSettings(_Strict):
     t_inference: list[float] = Field([DEFAULT_CHIP["t_inference"]], min_length=1)
     chips: int = Field(5, ge=1, le=MAX_CHIPS)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # chip seeds seed … seed + chips − 1 stay below 2³¹ (SQLite, torch)
+    io: list[str] = Field(["ideal"], min_length=1)  # IO models (romer.noise.io): names or files, an axis
 
-    @field_validator("presets", "placements", "t_inference", mode="before")
+    @field_validator("presets", "placements", "t_inference", "io", mode="before")
     @classmethod
     def _listify(cls, value):
         return [value] if isinstance(value, (str, int, float, dict)) else value
@@ -107,6 +109,12 @@ class ChipSettings(_Strict):
         for spec in value:
             parse_placement(spec)
         return _unique(value, "placement")
+
+    @field_validator("io")
+    @classmethod
+    def _io(cls, value: list[str]) -> list[str]:
+        _unique([get_io(spec).name for spec in value], "io name")
+        return value
 
     @field_validator("t_inference")
     @classmethod
@@ -260,6 +268,11 @@ class ExperimentConfig(_Strict):
                 del method["fit_time"]
         for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
             entry["resolved"] = spec.resolved.to_dict()
+        ios = [get_io(spec) for spec in self.chip.io]
+        if all(io.is_ideal for io in ios):  # configs without IO models hash as before the key existed
+            del payload["chip"]["io"]
+        else:
+            payload["chip"]["io"] = [io.to_dict() for io in ios]
         return payload
 
     @cached_property
@@ -277,17 +290,19 @@ class ExperimentConfig(_Strict):
         out = []
         for model in self.models:
             for spec in c.presets:
-                for placement in c.placements:
-                    for t in c.t_inference:
-                        for seed in range(c.seed, c.seed + c.chips):
-                            chip = Chip(spec.resolved, placement, c.mapping, seed, t)
-                            out.append(TrialGroup(model, chip.to_dict(), methods, eval_spec, calibration,
-                                                  self.config_hash, spec.name))
+                for io in map(get_io, c.io):
+                    label = spec.name if io.is_ideal else f"{spec.name} + io {io.name}"
+                    for placement in c.placements:
+                        for t in c.t_inference:
+                            for seed in range(c.seed, c.seed + c.chips):
+                                chip = Chip(spec.resolved, placement, c.mapping, seed, t, io)
+                                out.append(TrialGroup(model, chip.to_dict(), methods, eval_spec, calibration,
+                                                      self.config_hash, label))
         return out
 
     def trial_count(self) -> int:
         c = self.chip
-        return (len(self.models) * len(c.presets) * len(c.placements) * len(c.t_inference) * c.chips
+        return (len(self.models) * len(c.presets) * len(c.io) * len(c.placements) * len(c.t_inference) * c.chips
                 * len(self.methods))
 
 

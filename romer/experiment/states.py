@@ -28,7 +28,7 @@ from romer.calibrate import replacement as rep
 from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
 from romer.models.view import moe_layers
-from romer.noise.chip import Chip, program
+from romer.noise.chip import Chip, install_chip_io, program
 from romer.noise.snr import summarize_snr, weight_snr
 
 
@@ -90,18 +90,24 @@ class BaseState:
             self.snr_db = {group: s["overall"]["snr_db"] for group, s in summarize_snr(weight_snr(programmed)).items()}
         self._params = params
         self._clean: dict[str, torch.Tensor] | None = None
+        self._io = None  # the chip's IO hooks while entered (None for ideal IO)
 
     @torch.no_grad()
     def enter(self) -> None:
-        """Write the programmed weights in (keeping the clean ones to give back)."""
+        """Write the programmed weights in (keeping the clean ones to give back) and put the chip's IO model on."""
         if self._clean is None:
             self._clean = {name: p.detach().clone() for name, p in self._params.items()}
         for name, p in self._params.items():
             p.copy_(self._programmed[name])
+        if self._io is None:
+            self._io = install_chip_io(self.model, self.chip)
 
     @torch.no_grad()
     def leave(self) -> None:
-        """Write the clean weights back (bit-identical)."""
+        """Take the IO model off and write the clean weights back (bit-identical)."""
+        if self._io is not None:
+            self._io.remove()
+            self._io = None
         if self._clean is not None:
             for name, p in self._params.items():
                 p.copy_(self._clean[name])

@@ -12,13 +12,17 @@ transformers does) and the per-token sum is one ``index_add_`` into the output. 
 order). ``benchmarks/forward_throughput.py`` measures the forward with both.
 
 It is registered in transformers' experts interface under ``NAME`` (the library's extension point for experts
-kernels) and chosen per model by ``use_sorted_experts``; off the CPU it defers to ``grouped_mm``.
+kernels) and chosen per model by ``use_sorted_experts``; off the CPU it defers to ``grouped_mm``. A chip with an
+IO model (``romer.noise.io``) passes its own ``project``: every expert matmul then goes through the chip's DAC, tiles
+and ADC, on any device.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from collections.abc import Callable
+
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, grouped_mm_experts_forward
 
@@ -30,11 +34,23 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Ten
     return F.grouped_mm(rows.to(weight.dtype), weight if transposed else weight.transpose(-2, -1), offs=offsets)
 
 
+# (projection "gate_up" | "down", rows sorted by expert, the [E, …] weight, offsets, expert of each row) → outputs
+Project = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def sorted_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                           top_k_weights: torch.Tensor) -> torch.Tensor:
-    """The experts' output ``[tokens, hidden]`` for ``top_k_index`` / ``top_k_weights`` ``[tokens, k]``."""
-    if hidden_states.device.type != "cpu" or getattr(self, "_is_expert_parallel", False):
-        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+                           top_k_weights: torch.Tensor, project: Project | None = None) -> torch.Tensor:
+    """The experts' output ``[tokens, hidden]`` for ``top_k_index`` / ``top_k_weights`` ``[tokens, k]``.
+
+    ``project`` computes each projection of the sorted rows (default: ``F.grouped_mm`` on the CPU; without one,
+    other devices defer to transformers' ``grouped_mm``)."""
+    own_periphery = project is not None  # the chip's ADC output is weighted digitally, after the down projection
+    if project is None:
+        if hidden_states.device.type != "cpu" or getattr(self, "_is_expert_parallel", False):
+            return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+
+        def project(which, rows, weight, offsets, expert_of_row):
+            return _grouped_linear(rows, weight, offsets, self.is_transposed)
     k = top_k_index.shape[-1]
     experts = top_k_index.reshape(-1)
     order = torch.argsort(experts, stable=True)
@@ -45,16 +61,16 @@ def sorted_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_i
     rows = hidden_states.index_select(0, token)
 
     up_weight = self.gate_up_proj if self.has_gate else self.up_proj
-    up = _grouped_linear(rows, up_weight, offsets, self.is_transposed)
+    up = project("gate_up", rows, up_weight, offsets, expert_sorted)
     if self.has_bias:
         up = up + (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias).index_select(0, expert_sorted)
     inner = self._apply_gate(up) if self.has_gate else self.act_fn(up)
 
     post_norm = getattr(self, "has_post_expert_norm", False)  # transformers ≥ 5.18; 5.17's experts lack it
-    weight_first = not self.has_bias and not post_norm
+    weight_first = not self.has_bias and not post_norm and not own_periphery
     if weight_first:
         inner = inner * weight.to(inner.dtype)
-    out = _grouped_linear(inner, self.down_proj, offsets, self.is_transposed)
+    out = project("down", inner, self.down_proj, offsets, expert_sorted)
     if self.has_bias:
         out = out + self.down_proj_bias.index_select(0, expert_sorted)
     if post_norm:

@@ -28,6 +28,8 @@ from torch import nn
 from romer.devices import available_ram_bytes, check_programmable, release_free_memory
 from romer.errors import UserError
 from romer.noise.draws import NormalStream
+from romer.noise.io import IOConfig, get_io, io_from_dict
+from romer.noise.io_hooks import IOHooks, install_io
 from romer.noise.mapping import MAPPING_GROUPS
 from romer.noise.placement import NAMED_PLACEMENTS, AnalogWeight, analog_weights, parse_placement
 from romer.noise.presets import NoisePreset
@@ -43,7 +45,8 @@ class Chip:
 
     preset: the device noise model; placement: the analog module groups; mapping: the weight → conductance
     mapping group; seed: this chip's identity (its programming, drift and read-noise draws);
-    t_inference: seconds between programming and inference.
+    t_inference: seconds between programming and inference; io: the DAC/ADC periphery of every analog matmul
+    (``romer.noise.io``; ideal by default: exact inputs and outputs).
     """
 
     preset: NoisePreset
@@ -51,9 +54,11 @@ class Chip:
     mapping: str = "expert"
     seed: int = 0
     t_inference: float = 86400.0
+    io: IOConfig = field(default_factory=IOConfig.ideal)
 
     def __post_init__(self):
         object.__setattr__(self, "placement", parse_placement(self.placement))
+        object.__setattr__(self, "io", get_io(self.io))
         if self.mapping not in MAPPING_GROUPS:
             raise UserError(f"unknown mapping group {self.mapping!r}; choose one of {', '.join(MAPPING_GROUPS)}")
         if self.t_inference < 0:
@@ -61,8 +66,9 @@ class Chip:
 
     @classmethod
     def from_options(cls, preset: str, placement: str = DEFAULT_PLACEMENT, mapping: str = "expert", seed: int = 0,
-                     t_inference: float = 86400.0, **preset_overrides) -> "Chip":
-        return cls(get_preset(preset, **preset_overrides), placement, mapping, seed, t_inference)
+                     t_inference: float = 86400.0, io: str | IOConfig | None = None,
+                     **preset_overrides) -> "Chip":
+        return cls(get_preset(preset, **preset_overrides), placement, mapping, seed, t_inference, get_io(io))
 
     def with_seed(self, seed: int) -> "Chip":
         return replace(self, seed=seed)
@@ -87,13 +93,16 @@ class Chip:
         return ",".join(sorted(self.placement))
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset.to_dict(), "placement": self.placement_name(), "mapping": self.mapping,
-                "seed": self.seed, "t_inference": self.t_inference}
+        """JSON-serialisable; the ``io`` key only when the IO model is not ideal (older dicts stay valid)."""
+        out = {"preset": self.preset.to_dict(), "placement": self.placement_name(), "mapping": self.mapping,
+               "seed": self.seed, "t_inference": self.t_inference}
+        return out if self.io.is_ideal else {**out, "io": self.io.to_dict()}
 
     @classmethod
     def from_dict(cls, payload: dict) -> "Chip":
+        io = io_from_dict(payload["io"]) if payload.get("io") else IOConfig.ideal()
         return cls(preset_from_dict(payload["preset"]), payload["placement"], payload["mapping"], payload["seed"],
-                   payload["t_inference"])
+                   payload["t_inference"], io)
 
 
 # The main job's "real chip" (README, "Choosing the default chip"): IBM PCM at t = 1 day with drift compensation,
@@ -216,9 +225,11 @@ def _bytes_view(tensor: torch.Tensor):
 class Programmed:
     """Handle of a programmed model: ``restore()`` puts the clean weights back (also usable as a context)."""
 
-    def __init__(self, model: nn.Module, chip: Chip, store, params: dict[str, nn.Parameter]):
+    def __init__(self, model: nn.Module, chip: Chip, store, params: dict[str, nn.Parameter],
+                 io_hooks: IOHooks | None = None):
         self.model, self.chip = model, chip
         self._store, self._params = store, params
+        self.io_hooks = io_hooks  # the chip's IO model on the analog matmuls (None: ideal IO, nothing installed)
         self.draws = 0  # normal draws programming took (all tensors)
 
     @property
@@ -241,6 +252,9 @@ class Programmed:
     def restore(self) -> None:
         if self._store is None:
             return
+        if self.io_hooks is not None:
+            self.io_hooks.remove()
+            self.io_hooks = None
         for name, param in self._params.items():
             self._store.restore_into(name, param)
         self._store.close()
@@ -263,6 +277,16 @@ def _program_in_place(param: torch.Tensor, chip: Chip, key: str) -> int:
     return stream.drawn
 
 
+def install_chip_io(model: nn.Module, chip: Chip, weights: list[AnalogWeight] | None = None) -> IOHooks | None:
+    """Put the chip's IO model on the model's analog matmuls (``romer.noise.io_hooks``; ``weights``: the chip's
+    analog weights, found when not given), output noise seeded from the chip seed; None for ideal IO (nothing
+    installed). The caller removes the hooks (``IOHooks.remove``); ``program`` does so in ``restore()``."""
+    if chip.io.is_ideal:
+        return None
+    weights = chip.analog_weights(model) if weights is None else weights
+    return install_io(model, chip.io, weights, lambda key, device: tensor_generator(chip.seed, key, device))
+
+
 @torch.no_grad()
 def program_copy(clean: torch.Tensor, chip: Chip, name: str, copy: int) -> torch.Tensor:
     """Another array of ``chip`` holding parameter ``name``'s clean weights ``clean``, as a new tensor: copy
@@ -283,7 +307,8 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
     RAM nor device memory holds a second copy of the model), ``"memory"`` (CPU RAM copies) or ``"auto"``
     (default: memory when the analog weights take at most 1 GiB and a quarter of the free RAM, else disk).
     Noise is drawn in float32 on the weights' device from per-tensor generators (see the module docstring for
-    what is reproducible) and each matrix is programmed in place. Weights on the meta device or on a device
+    what is reproducible) and each matrix is programmed in place. A chip whose IO model is not ideal also puts it
+    on every analog matmul (``romer.noise.io_hooks``) until ``restore()``. Weights on the meta device or on a device
     other than cpu/cuda are refused (UserError).
     """
     if getattr(model, _PROGRAMMED_FLAG, None) is not None:
@@ -311,8 +336,9 @@ def program(model: nn.Module, chip: Chip, clean_store: str = "auto") -> Programm
             store.restore_into(name, param)
         store.close()
         raise
+    hooks = install_chip_io(model, chip, weights)
     setattr(model, _PROGRAMMED_FLAG, chip)
     release_free_memory()  # the float32 working buffers of the last matrices
-    handle = Programmed(model, chip, store, params)
+    handle = Programmed(model, chip, store, params, hooks)
     handle.draws = draws
     return handle

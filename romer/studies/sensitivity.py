@@ -13,6 +13,7 @@ from romer.eval.spec import EvalSpec
 from romer.studies.noisy import noisy_perplexity
 from romer.models import load_model
 from romer.noise.chip import Chip
+from romer.noise.io import get_io
 from romer.progress import Progress
 
 PCM_TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15e7}
@@ -35,10 +36,10 @@ def doubling_point(levels: list[float], ppls: list[float], clean: float) -> floa
 
 
 def sensitivity(name: str, chips: int = 3, spec: EvalSpec = SENSITIVITY_SPEC,
-                placements: tuple[str, ...] = ("moe", "all"), progress: bool = False) -> dict:
+                placements: tuple[str, ...] = ("moe", "all"), progress: bool = False, io=None) -> dict:
     """Clean and noisy validation PPL of one model, per placement: PCM at each time of ``PCM_TIMES``, PCM at
     1 day with programming and read noise scaled by ``PCM_SCALES``, and a gaussian η sweep. The same chip seeds
-    0 … chips−1 everywhere."""
+    0 … chips−1 everywhere; ``io``: the chips' IO model (``romer.noise.io``; default ideal)."""
     model, tokenizer = load_model(name)
     text = spec.text(tokenizer)
     clean = spec.perplexity(model, tokenizer, text).ppl
@@ -52,17 +53,19 @@ def sensitivity(name: str, chips: int = 3, spec: EvalSpec = SENSITIVITY_SPEC,
         return {"ppl_mean": result["ppl_mean"], "ppl_std": result["ppl_std"], "ppl_per_chip": result["ppl_per_chip"]}
 
     with bar:
-        return _sweep(run, clean, placements) | {"model": name, "eval": spec.describe(), "text": spec.label,
-                                                  "chips": chips, "clean_ppl": clean, "levels": LEVELS}
+        io_part = {} if get_io(io).is_ideal else {"io": get_io(io).to_dict()}
+        return _sweep(run, clean, placements, io) | io_part | {
+            "model": name, "eval": spec.describe(), "text": spec.label, "chips": chips, "clean_ppl": clean,
+            "levels": LEVELS}
 
 
-def _sweep(run, clean: float, placements: tuple[str, ...]) -> dict:
+def _sweep(run, clean: float, placements: tuple[str, ...], io=None) -> dict:
     """Run every setting through ``run(chip) → {ppl_mean, ppl_std, ppl_per_chip}``, per placement."""
-    pcm_time = {pl: {label: run(Chip.from_options("pcm", placement=pl, t_inference=t)) for label, t in PCM_TIMES.items()}
-                for pl in placements}
-    pcm_scaled = {pl: {k: run(Chip.from_options("pcm", placement=pl, prog_noise_scale=k, read_noise_scale=k))
+    pcm_time = {pl: {label: run(Chip.from_options("pcm", placement=pl, t_inference=t, io=io))
+                     for label, t in PCM_TIMES.items()} for pl in placements}
+    pcm_scaled = {pl: {k: run(Chip.from_options("pcm", placement=pl, prog_noise_scale=k, read_noise_scale=k, io=io))
                        for k in PCM_SCALES} for pl in placements}
-    gaussian = {pl: {eta: run(Chip.from_options("gaussian", placement=pl, eta=eta)) for eta in GAUSSIAN_ETAS}
+    gaussian = {pl: {eta: run(Chip.from_options("gaussian", placement=pl, eta=eta, io=io)) for eta in GAUSSIAN_ETAS}
                 for pl in placements}
 
     def doubling(sweep: dict) -> float | None:
