@@ -176,7 +176,9 @@ def _corrected(head: dict) -> str:
     if "helps_holm" not in head:
         return ""
     counts = {k: len(head[k]) for k in ("helps_holm", "hurts_holm", "helps_bh", "hurts_bh")}
-    return (f"Corrected for testing {head['cells']} cells at once, it helps in {counts['helps_holm']} and hurts in "
+    named = "; ".join(head["helps_holm"])
+    return (f"Corrected for testing {head['cells']} cells at once, it helps in {counts['helps_holm']}"
+            + (f" ({named})" if named else "") + f" and hurts in "
             f"{counts['hurts_holm']} (Holm, family-wise error {head['alpha']:g}), and helps in {counts['helps_bh']} "
             f"and hurts in {counts['hurts_bh']} (Benjamini–Hochberg, false discovery rate {head['alpha']:g}), with "
             f"{chips_phrase(head)} per cell (a paired t-test on 3 chips has 2 degrees of freedom); the map is read as "
