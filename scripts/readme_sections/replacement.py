@@ -48,18 +48,26 @@ def _by(rows: list[dict]) -> dict[tuple, dict]:
     return {(r["model"], r["preset"], r["placement"], r["method"]): r for r in rows}
 
 
+def _study(root: Path, out: str) -> tuple[dict, list[dict], dict[tuple, dict], list[str]] | None:
+    """results/<out>/results.json as (payload, rows, rows by (model, preset, placement, method), presets in
+    order); None where it has not been run."""
+    data = _load(root, out)
+    if data is None:
+        return None
+    rows = data["rows"]
+    return data, rows, _by(rows), list(dict.fromkeys(r["preset"] for r in rows))
+
+
 def _models(rows: list[dict], order: tuple[str, ...] = ()) -> list[str]:
     seen = list(dict.fromkeys(r["model"] for r in rows))
     return [m for m in order if m in seen] + [m for m in seen if m not in order]
 
 
 def render_replacement(root: Path) -> str:
-    data = _load(root, "regime-replacement")
-    if data is None:
+    study = _study(root, "regime-replacement")
+    if study is None:
         return _not_run("regime-replacement")
-    rows = data["rows"]
-    by = _by(rows)
-    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    data, rows, by, presets = study
     head = ("| model | preset | noisy: PPL · load | replica: % vs noisy · load | split: % vs noisy · load | "
             "split vs replica % | ROMER (replica) % vs noisy | ROMER (split) % vs noisy | ROMER split vs replica % |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
@@ -96,12 +104,10 @@ def _shape(root: Path, model: str) -> str:
 
 
 def render_depth(root: Path) -> str:
-    data = _load(root, "regime-depth")
-    if data is None:
+    study = _study(root, "regime-depth")
+    if study is None:
         return _not_run("regime-depth")
-    rows = data["rows"]
-    by = _by(rows)
-    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    data, rows, by, presets = study
     lines = ["| model | layers · width | preset | clean PPL | noisy PPL (+% over clean) | clean-routing replay: gap "
              "recovered % | ROMER % vs noisy |", "|---|---|---|---|---|---|---|"]
     for model in _models(rows, DEPTH_MODELS):
