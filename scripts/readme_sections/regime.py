@@ -141,7 +141,8 @@ def _repairs(cells: list[dict]) -> str:
         return "_regime-repairs: not run yet (`make regime-map`)._"
     lines = ["| model | preset | P1 + 4 copies vs P1 % | P1 + 4 copies vs 4 copies % | 4 copies vs P1 % |",
              "|---|---|---|---|---|"]
-    for c in sorted(chosen, key=lambda c: present_models(chosen).index(c["model"])):
+    order = present_models(chosen)
+    for c in sorted(chosen, key=lambda c: order.index(c["model"])):
         lines.append(f"| {c['model']} | {c['preset']} | " + " | ".join(
             _versus(c, a, b) for a, b in (("P1 + 4 router copies", "recalibration"),
                                           ("P1 + 4 router copies", "4 router copies"),
@@ -182,8 +183,8 @@ def _corrected(head: dict) -> str:
             f"{counts['hurts_holm']} (Holm, family-wise error {head['alpha']:g}), and helps in {counts['helps_bh']} "
             f"and hurts in {counts['hurts_bh']} (Benjamini–Hochberg, false discovery rate {head['alpha']:g}), with "
             f"{chips_phrase(head)} per cell (a paired t-test on 3 chips has 2 degrees of freedom); the map is read as "
-            "a pattern across cells (the SNR correlation below), and the cells quoted on their own are re-measured "
-            "on 5 chips.")
+            "a pattern across cells (the SNR correlation below); the headline cells (PCM ×10 and ×50 with the router "
+            "analog, and the best cell) are re-measured on 5 chips, the others keep 3.")
 
 
 def _mapping(cells: list[dict]) -> str:
