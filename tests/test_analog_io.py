@@ -272,3 +272,89 @@ def test_runner_state_puts_the_io_model_on_while_entered():
     assert _replaced_forwards(model) and torch.equal(_logits(model, ids), expected)
     state.leave()
     assert not _replaced_forwards(model)
+
+
+# --- parts a plan keeps digital (MaxNN) ---------------------------------------------------------------------------
+
+NOISY_IO = IOConfig(name="t", dac_bits=6, adc_bits=8, out_bound=20.0, out_noise=0.05, tile_rows=16)
+
+
+def test_maxnn_digital_experts_and_attention_run_without_the_periphery():
+    """Under IO, rows routed only to a plan's digital experts get the exact product (exact weights: η = 0), rows
+    with an analog expert do not; digital attention projections are exact too; restore() takes everything off."""
+    from romer.calibrate import Plan, apply
+
+    model, _ = _model_and_ids("olmoe")
+    chip = Chip.from_options("gaussian", placement="all", io=NOISY_IO, eta=0.0)
+    plan = Plan(method={}, chip=chip.to_dict(), model={}, digital_experts={1: [1, 3]}, digital_attention=True)
+    experts, attention = model.model.layers[1].mlp.experts, model.model.layers[1].self_attn
+    x = torch.randn(3, experts.gate_up_proj.shape[-1], generator=torch.Generator().manual_seed(7))
+    index, weights = torch.tensor([[1, 3], [3, 1], [0, 3]]), torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.6, 0.4]])
+    with torch.no_grad():
+        exact = experts(x, index, weights)
+        exact_q = attention.q_proj(x)
+        with apply(model, chip, plan):
+            served = experts(x, index, weights)
+            served_q = attention.q_proj(x)
+            router_logits = model.model.layers[1].mlp.gate(x)[0]
+        torch.testing.assert_close(served[:2], exact[:2], rtol=1e-5, atol=1e-6)  # both experts digital
+        assert not torch.allclose(served[2], exact[2], rtol=1e-3, atol=1e-3)  # expert 0 analog: the periphery
+        assert torch.equal(served_q, exact_q)
+        assert not torch.allclose(router_logits, model.model.layers[1].mlp.gate(x)[0])  # the router stays analog
+    assert not _replaced_forwards(model)
+
+
+def test_maxnn_digital_modulelist_experts_run_without_the_periphery():
+    from romer.calibrate import Plan, apply
+    from tests.test_oracle import FakeDeepseekLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FakeDeepseekLM().eval()
+    for block in model.model.layers:
+        block.self_attn = torch.nn.Module()  # no attention weights: the fake is MoE blocks only
+    model.get_input_embeddings, model.get_output_embeddings = (lambda: model.embed), (lambda: model.head)
+    chip = Chip.from_options("gaussian", placement="moe", io=NOISY_IO, eta=0.0)
+    plan = Plan(method={}, chip=chip.to_dict(), model={}, digital_experts={0: [2]})
+    mlp = model.model.layers[0].mlp.experts
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        exact = [mlp[e].gate_proj(x) for e in (2, 3)]
+        with apply(model, chip, plan):
+            served = [mlp[e].gate_proj(x) for e in (2, 3)]
+    assert torch.equal(served[0], exact[0]) and not torch.allclose(served[1], exact[1], rtol=1e-3, atol=1e-3)
+    assert not _replaced_forwards(model)
+
+
+# --- a plan fitted behind another periphery (MethodConfig.fit_io) ------------------------------------------------
+
+def test_a_plan_fitted_with_fit_io_is_the_plan_fitted_on_that_periphery():
+    """fit_io: ideal fits P1 on the chip's smooth logits (the same plan as on the chip with ideal IO) and keeps
+    the chip's seed; without it, P1 is fitted on the ADC-quantised logits and differs."""
+    from romer.calibrate import Calibrator
+    from romer.calibrate.config import MethodConfig
+    from tests.test_in_service import decided, windows
+
+    model, ids = tiny("olmoe"), windows()
+    chip = Chip.from_options("pcm", placement="moe", seed=2, prog_noise_scale=10.0, read_noise_scale=10.0,
+                             io=io(dac_bits=5, adc_bits=5, out_bound=4.0))
+
+    def fit(on, **options):
+        return Calibrator(MethodConfig(name="p1", kind="recalibrate", calibration={"batch_size": 3},
+                                       **options)).fit(model, ids, on)
+
+    smooth, there, behind = fit(chip, fit_io="ideal"), fit(chip.with_io("ideal")), fit(chip)
+    assert smooth.chip == there.chip == chip.with_io("ideal").to_dict() and smooth.chip["seed"] == 2
+    assert decided(smooth) == decided(there) != decided(behind)
+    with pytest.raises(ValueError, match="not an IO preset"):
+        MethodConfig(name="x", kind="recalibrate", fit_io="loud")
+
+
+def test_fit_io_enters_the_config_hash_only_when_set():
+    from romer.experiment.config_file import load_config
+
+    base = ["models=[olmoe-tiny]", "chip.chips=1"]
+    plain = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate}]"]).config_hash
+    unset = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: null}]"]).config_hash
+    ideal = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: ideal}]"]).config_hash
+    assert plain == unset != ideal

@@ -12,6 +12,7 @@ from torch import nn
 from romer.calibrate import replacement as rep
 from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
+from romer.models.experts import FUSED
 from romer.models.view import moe_layers
 from romer.noise.chip import Chip, Programmed, program, program_copy, store_for
 from romer.noise.placement import analog_weights
@@ -30,6 +31,19 @@ def _attention_weights(model: nn.Module, chip: Chip) -> list[torch.Tensor]:
     if "attention" not in chip.placement:
         return []
     return [w.parameter for w in analog_weights(model, frozenset({"attention"}), strict=False)]
+
+
+def _take_off_periphery(hooks, model: nn.Module, chip: Chip, plan: Plan, layers: dict) -> None:
+    digital = set(map(id, _attention_weights(model, chip))) if plan.digital_attention else set()
+    fused = {}
+    for i, experts in plan.digital_experts.items():
+        routed = layers[i].experts
+        if routed.layout == FUSED:
+            fused[routed.module] = experts
+        else:
+            digital |= {id(getattr(routed.module[e], name).weight) for e in experts for name in routed.projections}
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) in digital]
+    hooks.keep_digital(linears, fused)
 
 
 def plan_cost(model: nn.Module, chip: Chip, plan: Plan) -> Cost:
@@ -140,6 +154,8 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
                     for cold, hot in r.pairs:
                         rep.average_into(layers[r.layer].experts, hot, cold)
             keep.restore()  # the plan's digital weights read back clean
+            if programmed.io_hooks is not None:  # ... and are multiplied without the chip's periphery
+                _take_off_periphery(programmed.io_hooks, model, chip, plan, layers)
         handles = install(list(layers.values()), plan.router)
     except BaseException:
         if keep is not None:

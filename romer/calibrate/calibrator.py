@@ -75,8 +75,11 @@ class Calibrator:
 
     def fit_chip(self, chip: Chip) -> Chip:
         """The chip the plan is fitted on: the scored chip, or another one (seed + fit_seed_offset: transfer),
-        read at ``fit_time`` when the method sets one (else at the scored chip's time)."""
+        read at ``fit_time`` when the method sets one (else at the scored chip's time), with the ``fit_io`` periphery
+        when the method sets one (else the chip's own)."""
         fitted = chip.with_seed(chip.seed + self.method.fit_seed_offset)
+        if self.method.fit_io is not None:
+            fitted = fitted.with_io(self.method.fit_io)
         t_fit = self.method.fit_time
         if t_fit is None:
             return fitted

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.methods import REGISTRY, method_class
+from romer.noise.io import IO_NAMES
 
 KINDS = tuple(REGISTRY)  # the registered method kinds (romer.methods)
 VARIANTS = ("replica", "split", "redirect", "prune-duplicate")
@@ -122,7 +123,9 @@ class MethodConfig(_Strict):
     """One method of a results table. ``fit_seed_offset`` ≠ 0 fits the plan on another chip (seed + offset)
     than the one it is scored on: chip transfer. ``fit_time`` (s after programming) fits the plan on the scored
     chip read at that time instead of at the chip's own ``t_inference``: a plan fitted once and served later
-    (the chip's draws do not depend on the time, so both reads are of the same devices)."""
+    (the chip's draws do not depend on the time, so both reads are of the same devices). ``fit_io`` (an IO preset
+    name, ``romer.noise.io``) fits the plan on the scored chip with that periphery instead of its own: e.g.
+    ``ideal``, a router correction fitted on smooth logits and served through the chip's DAC and ADC."""
 
     name: str = Field(min_length=1)
     kind: str  # a registered kind (romer.methods.REGISTRY)
@@ -134,6 +137,14 @@ class MethodConfig(_Strict):
     calibration: CalibrationData = CalibrationData()
     fit_seed_offset: int = 0
     fit_time: float | None = Field(None, ge=0)
+    fit_io: str | None = None
+
+    @field_validator("fit_io")
+    @classmethod
+    def _io_preset(cls, name: str | None) -> str | None:
+        if name is not None and name not in IO_NAMES:
+            raise ValueError(f"fit_io {name!r} is not an IO preset; choose one of {', '.join(IO_NAMES)}")
+        return name
 
     @field_validator("kind")
     @classmethod
@@ -160,7 +171,7 @@ class MethodConfig(_Strict):
     @property
     def fits_elsewhere(self) -> bool:
         """Whether the plan is fitted on another chip or at another time than the one it is scored on."""
-        return self.fit_seed_offset != 0 or self.fit_time is not None
+        return self.fit_seed_offset != 0 or self.fit_time is not None or self.fit_io is not None
 
     @property
     def scores(self) -> str:

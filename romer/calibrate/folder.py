@@ -62,6 +62,8 @@ def check_chip(plan: Plan, chip_file: Path) -> None:
     expected = held.with_seed(held.seed + int(plan.method.get("fit_seed_offset", 0) or 0))
     if plan.method.get("fit_time") is not None:
         expected = expected.with_time(plan.method["fit_time"])
+    if plan.method.get("fit_io") is not None:
+        expected = expected.with_io(plan.method["fit_io"])
     if plan.chip != expected.to_dict():
         raise UserError(f"{chip_file.parent}: plan.json was fitted for another chip (seed {plan.chip.get('seed')}) "
                         f"than the weights were read back from (seed {held.seed})")

@@ -264,8 +264,9 @@ class ExperimentConfig(_Strict):
         if payload["eval"]["order"] is None:  # the default order hashes as before the key existed
             del payload["eval"]["order"]
         for method in payload["methods"]:  # a plan fitted at the scored time hashes as before fit_time existed
-            if method["fit_time"] is None:
-                del method["fit_time"]
+            for key in ("fit_time", "fit_io"):  # ... and one fitted behind the chip's own periphery
+                if method[key] is None:
+                    del method[key]
         for entry, spec in zip(payload["chip"]["presets"], self.chip.presets):
             entry["resolved"] = spec.resolved.to_dict()
         ios = [get_io(spec) for spec in self.chip.io]

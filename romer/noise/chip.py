@@ -77,6 +77,10 @@ class Chip:
         """The same chip (same devices and draws) read ``t_inference`` s after programming."""
         return replace(self, t_inference=float(t_inference))
 
+    def with_io(self, io: "str | IOConfig") -> "Chip":
+        """The same chip (same devices and draws) behind another periphery (an IO preset name or config)."""
+        return replace(self, io=get_io(io))
+
     def series(self, count: int) -> list["Chip"]:
         """``count`` chips identical but for their seeds: seed, seed + 1, …"""
         return [self.with_seed(self.seed + i) for i in range(count)]

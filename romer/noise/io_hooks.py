@@ -115,7 +115,15 @@ def _grouped(x_hat: Tensor, weight_in_out: Tensor, offsets: Tensor) -> Tensor:
     return out
 
 
-def _experts_forward(module: nn.Module, states: dict[str, TensorIO]):
+def _exact_rows(y: Tensor, rows: Tensor, w_out_in: Tensor, expert_of_row: Tensor, experts: frozenset[int]) -> None:
+    """Rows routed to a digital expert get the exact product (their digital unit has no periphery), in place."""
+    for e in sorted(experts):
+        chosen = torch.nonzero(expert_of_row == e).squeeze(1)
+        if chosen.numel():
+            y.index_copy_(0, chosen, (rows.index_select(0, chosen) @ w_out_in[e].T).to(y.dtype))
+
+
+def _experts_forward(module: nn.Module, states: dict[str, TensorIO], digital: dict[int, frozenset[int]]):
     num_experts = module.gate_up_proj.shape[0]
 
     def project(which: str, rows: Tensor, weight: Tensor, offsets: Tensor, expert_of_row: Tensor) -> Tensor:
@@ -136,11 +144,20 @@ def _experts_forward(module: nn.Module, states: dict[str, TensorIO]):
 
         y = tiled_analog_matmul(rows, state.io, matmul, row_scales, state.generator(rows.device),
                                 state.static_ranges(rows))
+        if digital.get(id(module)):
+            _exact_rows(y, rows.float(), w_out_in.float(), expert_of_row, digital[id(module)])
         return y.to(torch.result_type(rows, weight))
 
     def forward(hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
         return sorted_experts_forward(module, hidden_states, top_k_index, top_k_weights, project=project)
     return forward
+
+
+def _put_back(module: nn.Module, before) -> None:
+    if before is None:
+        module.__dict__.pop("forward", None)
+    else:
+        module.forward = before
 
 
 class IOHooks:
@@ -149,18 +166,28 @@ class IOHooks:
     def __init__(self):
         self._saved: list[tuple[nn.Module, object]] = []
         self.states: dict[str, TensorIO] = {}
+        self.digital_experts: dict[int, frozenset[int]] = {}  # id(fused experts module) → experts kept digital
 
     def replace(self, module: nn.Module, forward) -> None:
         self._saved.append((module, module.__dict__.get("forward")))
         module.forward = forward
 
+    def keep_digital(self, linears: list[nn.Module], fused_experts: dict[nn.Module, list[int]]) -> None:
+        """Take the periphery off parts a plan keeps digital (MaxNN): these ``nn.Linear`` modules run their own
+        forward again, and rows routed to the listed experts of a fused experts module get the exact product."""
+        chosen = {id(m) for m in linears}
+        for module, before in self._saved:
+            if id(module) in chosen:
+                _put_back(module, before)
+        self._saved = [(m, f) for m, f in self._saved if id(m) not in chosen]
+        for module, experts in fused_experts.items():
+            self.digital_experts[id(module)] = frozenset(experts)
+
     def remove(self) -> None:
         for module, before in reversed(self._saved):
-            if before is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = before
+            _put_back(module, before)
         self._saved.clear()
+        self.digital_experts.clear()
 
 
 def install_io(model: nn.Module, io: IOConfig, weights: list[AnalogWeight], generator_for: GeneratorFor) -> IOHooks:
@@ -178,7 +205,7 @@ def install_io(model: nn.Module, io: IOConfig, weights: list[AnalogWeight], gene
         if experts.layout == FUSED and id(experts.module.gate_up_proj) in analog:
             prefix = analog[id(experts.module.gate_up_proj)].name.rsplit(".", 1)[0]
             states = {"gate_up": state(f"{prefix}.gate_up_proj"), "down": state(f"{prefix}.down_proj")}
-            hooks.replace(experts.module, _experts_forward(experts.module, states))
+            hooks.replace(experts.module, _experts_forward(experts.module, states, hooks.digital_experts))
             done |= {id(experts.module.gate_up_proj), id(experts.module.down_proj)}
         weight = layer.router_weight
         if id(weight) in analog and id(weight) not in linears:
