@@ -8,13 +8,14 @@ corrections installed one set at a time (``routing_rule.install``), scores:
 
 * **online vs offline** (monitor): P1 fitted by the streaming monitor (``romer.calibrate.monitor``, 1024 bins)
   after 1, 2, 4 served validation windows, against offline P1 on 16 train windows, all scored on the first
-  1,024 test tokens; and the served validation stream (2,048 tokens) itself with the monitor refitting every
+  1,024 test tokens; and the served validation stream (8,192 tokens) itself with the monitor refitting every
   1,024 tokens (two windows) from no correction, against the noisy chip and the offline plan on the same windows;
-* **calibration windows and percentiles**: offline P1 on 1, 4, 16 train windows with (1, 99) and with the
+* **calibration windows and percentiles**: offline P1 on 1, 4, 16, 64 train windows with (1, 99) and with the
   data-only tail-count rule (lo = max(1, 100·32/T) for T calibration tokens: each tail holds ≥ 32 of them),
   scored on the test tokens;
-* **transfer**: P1 calibrated on 4 train windows of one source (austen, kjv) scored on 1,024 validation tokens
-  of each source, against the noisy chip and P1 on the mixed train text.
+* **transfer**: P1 calibrated on 4 train windows of one source (austen, kjv, or the user dataset: this
+  repository's docs, ``user_text``) scored on 1,024 validation tokens of each, against the noisy chip and P1 on
+  the mixed train text.
 
 Every fit reads its noisy and clean percentiles from the same sketches (a monitor observing, not routing), so
 P1 on n windows here equals ``Calibrator`` on those n windows (``tests/test_monitor.py``). Results go to
@@ -37,8 +38,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "in-service-monitor"
-EVAL_TOKENS, STREAM_TOKENS, WINDOW = 1024, 2048, 512
-ONLINE_STEPS, WINDOW_COUNTS, SOURCE_WINDOWS, OFFLINE_WINDOWS = (1, 2, 4), (1, 4, 16), 4, 16
+EVAL_TOKENS, STREAM_TOKENS, WINDOW = 1024, 8192, 512
+ONLINE_STEPS, WINDOW_COUNTS, SOURCE_WINDOWS, OFFLINE_WINDOWS = (1, 2, 4), (1, 4, 16, 64), 4, 16
+SOURCES = ("austen", "kjv", "user")  # the bundled corpus's two sources and a user dataset (user_text)
 TAIL_TOKENS = 32
 
 
@@ -48,12 +50,29 @@ def tail_rule(tokens: int) -> tuple[float, float]:
     return (lo, 100.0 - lo)
 
 
+def user_text(folder: Path) -> Path:
+    """The user dataset: this repository's own documentation (docs/*.md, our writing: technical English with
+    tables and code, unlike the bundled novels and scripture), frozen into ``folder``/user-text.txt on first use so
+    that later runs read the same text; its first half calibrates, its second half is scored."""
+    path = folder / "user-text.txt"
+    if not path.exists():
+        from romer.io import write_text_atomic
+
+        write_text_atomic(path, "\n\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))))
+    return path
+
+
 def source_file(folder: Path, split: str, source: str | None) -> Path:
     from romer.data.corpus import load_text
 
     path = folder / f"{split}-{source or 'all'}.txt"
     if not path.exists():
-        path.write_text(load_text(split, source))
+        if source == "user":
+            text = user_text(OUT).read_text()
+            middle = text.index("\n\n", len(text) // 2)
+            path.write_text(text[:middle] if split == "train" else text[middle:])
+        else:
+            path.write_text(load_text(split, source))
     return path
 
 
@@ -126,7 +145,7 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
         train = Sketched(model, texts["train-windows"], set(WINDOW_COUNTS), lambda t: {fixed, tail_rule(t)})
         online = Sketched(model, texts["stream-windows"], set(ONLINE_STEPS), lambda t: {fixed})
         sources = {s: Sketched(model, texts[f"train-{s}-windows"], {SOURCE_WINDOWS}, lambda t: {fixed})
-                   for s in ("austen", "kjv")}
+                   for s in SOURCES}
         offline = fixes(train.at[OFFLINE_WINDOWS][fixed], clean["train"][OFFLINE_WINDOWS][fixed], fixed)
         test = texts["test"]
         out["test"] = {"noisy": score(test, None), "offline": score(test, offline)}
@@ -138,7 +157,7 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
                 out["windows"][f"{n}/{name}"] = {"levels": list(levels), "ppl": score(
                     test, fixes(train.at[n][levels], clean["train"][n][levels], levels))}
         out["transfer"] = {}
-        for target in ("austen", "kjv"):
+        for target in SOURCES:
             text = texts[f"validation-{target}"]
             row = {"noisy": score(text, None), "mixed": score(text, offline)}
             for s, sk in sources.items():
@@ -187,14 +206,14 @@ def run_measure(args) -> int:
                  "stream-windows": windows_of(tokenizer, source_file(folder, "validation", None), max(ONLINE_STEPS)),
                  "test": token_prefix(tokenizer, romer.EvalSpec(split="test").full_text(), EVAL_TOKENS),
                  "stream": token_prefix(tokenizer, romer.EvalSpec(split="validation").full_text(), STREAM_TOKENS)}
-        for s in ("austen", "kjv"):
+        for s in SOURCES:
             texts[f"train-{s}-windows"] = windows_of(tokenizer, source_file(folder, "train", s), SOURCE_WINDOWS)
             texts[f"validation-{s}"] = token_prefix(tokenizer, source_file(folder, "validation", s).read_text(),
                                                     EVAL_TOKENS)
     fixed = (1.0, 99.0)
     clean = {"train": Sketched(model, texts["train-windows"], set(WINDOW_COUNTS),
                                lambda t: {fixed, tail_rule(t)}).at}
-    for s in ("austen", "kjv"):
+    for s in SOURCES:
         clean[s] = Sketched(model, texts[f"train-{s}-windows"], {SOURCE_WINDOWS}, lambda t: {fixed}).at
     clean["train-reference"] = clean["train"][OFFLINE_WINDOWS][fixed]
     clean_ppl = {"test": romer.EvalSpec(window=WINDOW).perplexity(model, tokenizer, texts["test"]).ppl}
@@ -213,11 +232,12 @@ TIMES = {3600.0: "1 h", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 y
 
 
 def per_chip(rows, store: str) -> dict:
-    """(preset, t, method) → {chip seed: PPL} from a romer run store's rows."""
+    """(model, preset, t, method) → {chip seed: PPL} from a romer run store's rows."""
     out: dict = {}
     for r in rows:
         if r["ppl"] is not None:
-            out.setdefault((r["preset"], float(r["t_inference"]), r["method"]), {})[r["chip_seed"]] = r["ppl"]
+            key = (r["model"], r["preset"], float(r["t_inference"]), r["method"])
+            out.setdefault(key, {})[r["chip_seed"]] = r["ppl"]
     return out
 
 
@@ -238,21 +258,26 @@ def paired(ppl: dict, base: dict) -> dict:
     return {"chips": len(seeds), **interval([100 * (ppl[s] / base[s] - 1) for s in seeds])}
 
 
+REPAIRS = {"recalibration": "P1", "romer": "ROMER"}  # refitted at t; "<name> fitted at 1 h": fitted once
+
+
 def fit_serve_summary() -> dict:
-    """Fit once at 1 h vs refit at every t (romer run in-service; router digital from in-service-router-digital)."""
+    """Fit once at 1 h vs refit at every t, per model, repair, preset and t (romer run in-service; router digital
+    from in-service-router-digital)."""
     cells = per_chip(store_rows("in-service"), "in-service")
     digital = per_chip(store_rows("in-service-router-digital"), "in-service-router-digital")
     out = []
-    for (preset, t, method), ppl in sorted(cells.items()):
-        if method != "recalibration":
+    for (model, preset, t, method), ppl in sorted(cells.items()):
+        if method not in REPAIRS:
             continue
-        noisy, once = cells.get((preset, t, "noisy"), {}), cells.get((preset, t, "recalibration fitted at 1 h"), {})
-        row = {"preset": preset, "t": t, "refit": statistics_of(ppl), "noisy": statistics_of(noisy),
-               "once": statistics_of(once), "clean": statistics_of(cells.get((preset, t, "clean"), {})),
+        at = lambda name: cells.get((model, preset, t, name), {})  # noqa: E731
+        noisy, once = at("noisy"), at(f"{method} fitted at 1 h")
+        row = {"model": model, "repair": REPAIRS[method], "preset": preset, "t": t, "refit": statistics_of(ppl),
+               "noisy": statistics_of(noisy), "once": statistics_of(once), "clean": statistics_of(at("clean")),
                "refit_vs_noisy": paired(ppl, noisy), "once_vs_noisy": paired(once, noisy),
                "once_vs_refit": paired(once, ppl)}
-        router = {seed: v for seed, v in digital.get((preset, t, "noisy"), {}).items() if seed in noisy}  # paired
-        if router:
+        router = {seed: v for seed, v in digital.get((model, preset, t, "noisy"), {}).items() if seed in noisy}
+        if router:  # paired: the chips both runs have
             row["router_digital"] = statistics_of(router)
             row["router_digital_vs_noisy"] = paired(router, noisy)
         out.append(row)
@@ -314,15 +339,17 @@ def tables(summary: dict) -> str:
         lines += ["**Fit once, serve later** (`romer run in-service`, `romer run in-service-router-digital`; "
                   "PPL change vs the unrepaired chip at the same time, paired by chip, mean [95 % t-interval]; "
                   "last column: the plan fitted at 1 h against a fresh fit at t)", "",
-                  "| preset | t | chips | noisy PPL | P1 refitted at t | P1 fitted at 1 h | router digital | "
-                  "fitted at 1 h vs refitted |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for c in cells:
-            lines.append(f"| {c['preset']} | {TIMES.get(c['t'], c['t'])} | {c['refit']['chips']} | "
-                         f"{c['noisy']['mean']:.2f} | {fmt(c['refit_vs_noisy'])} | {fmt(c['once_vs_noisy'])} | "
-                         f"{fmt(c.get('router_digital_vs_noisy'))} | {fmt(c['once_vs_refit'])} |")
+                  "| model | repair | preset | t | chips | noisy PPL | refitted at t | fitted at 1 h | router digital | "
+                  "fitted at 1 h vs refitted |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for c in sorted(cells, key=lambda c: (c["model"], c["repair"], c["preset"], c["t"])):
+            lines.append(f"| {c['model']} | {c['repair']} | {c['preset']} | {TIMES.get(c['t'], c['t'])} | "
+                         f"{c['refit']['chips']} | {c['noisy']['mean']:.2f} | {fmt(c['refit_vs_noisy'])} | "
+                         f"{fmt(c['once_vs_noisy'])} | {fmt(c.get('router_digital_vs_noisy'))} | "
+                         f"{fmt(c['once_vs_refit'])} |")
         for key, what in (("mean", "the mean over chips"), ("high", "the 95 % interval's upper end")):
             lines += ["", f"Within 1 % of a fresh fit ({what} of *fitted at 1 h vs refitted* ≤ +1 % at every t up "
-                      "to): " + "; ".join(f"{p}: {TIMES.get(t, t)}" for p, t in within_one_percent(cells, key).items())]
+                      "to): " + "; ".join(f"{' '.join(k)}: {TIMES.get(t, t) if t else 'not even 1 h'}"
+                                           for k, t in within_one_percent(cells, key).items())]
         lines.append("")
     m = summary["monitor"]
     if m:
@@ -331,7 +358,7 @@ def tables(summary: dict) -> str:
                   f"offline P1 itself: {fmt(m['offline_vs_noisy'])} vs the noisy chip)", "",
                   "| served validation windows (512 tokens) | vs offline P1 | vs noisy |", "|---:|---:|---:|"]
         lines += [f"| {n} | {fmt(v['vs_offline'])} | {fmt(v['vs_noisy'])} |" for n, v in m["online"].items()]
-        lines += ["", "**Served stream** (2,048 validation tokens, each 512-token step scored before any refit that "
+        lines += ["", f"**Served stream** ({STREAM_TOKENS:,} validation tokens, each 512-token step scored before any refit that "
                   "uses it; PPL change vs the noisy chip on the same stream)", "", "| routing | PPL | vs noisy |",
                   "|---|---:|---:|"]
         lines += [f"| {name} | {v['ppl']['mean']:.2f} | {fmt(v['vs_noisy'])} |" for name, v in m["served"].items()]
@@ -343,29 +370,47 @@ def tables(summary: dict) -> str:
             lo, hi = v["levels"]
             lines.append(f"| {n} | {'(1, 99)' if rule == 'fixed' else f'rule ({lo:.2f}, {hi:.2f})'} | "
                          f"{fmt(v['vs_noisy'])} | {fmt(v['vs_offline'])} |")
+        sources = [k for k in next(iter(m["transfer"].values())) if k != "noisy"]
         lines += ["", "**Transfer across sources** (P1 on 4 train windows of one source, or 16 of the mixed text; "
-                  "1,024 validation tokens of each source; change vs the noisy chip)", "",
-                  "| evaluated on | calibrated on austen | calibrated on kjv | calibrated on mixed |",
-                  "|---|---:|---:|---:|"]
+                  "1,024 validation tokens of each source; user: this repository's docs, first half calibrating, "
+                  "second half scored; change vs the noisy chip)", "",
+                  "| evaluated on | " + " | ".join(f"calibrated on {k}" for k in sources) + " |",
+                  "|---|" + "---:|" * len(sources)]
         for target, row in m["transfer"].items():
-            lines.append(f"| {target} | {fmt(row['austen']['vs_noisy'])} | {fmt(row['kjv']['vs_noisy'])} | "
-                         f"{fmt(row['mixed']['vs_noisy'])} |")
+            lines.append(f"| {target} | " + " | ".join(fmt(row[k]["vs_noisy"]) for k in sources) + " |")
     return "\n".join(lines) + "\n"
 
 
 def within_one_percent(cells: list[dict], key: str = "high") -> dict:
-    """Per preset, the latest t such that at every t up to it the plan fitted at 1 h is within +1 % of the fresh
+    """Per (model, repair, preset), the latest t (None: not even the first) such that at every t up to it the plan fitted at 1 h is within +1 % of the fresh
     fit (its paired change's ``key``, "mean" or the interval's "high" end, ≤ 1 %)."""
     out = {}
-    for preset in dict.fromkeys(c["preset"] for c in cells):
+    for group in dict.fromkeys((c["model"], c["repair"], c["preset"]) for c in cells):
         last = None
-        for c in sorted((c for c in cells if c["preset"] == preset), key=lambda c: c["t"]):
+        for c in sorted((c for c in cells if (c["model"], c["repair"], c["preset"]) == group), key=lambda c: c["t"]):
             value = c["once_vs_refit"].get(key)
             if value is None or value > 1.0:
                 break
             last = c["t"]
-        out[preset] = last
+        out[group] = last
     return out
+
+
+def _time_panel(ax, cells: list[dict]) -> None:
+    """PPL over t of one model and preset: no repair, router digital, each repair fitted at 1 h and refitted."""
+    curves = [("noisy", "P1", "no repair"), ("router_digital", "P1", "router digital")]
+    curves += [(key, repair, f"{repair} {what}") for repair in REPAIRS.values()
+               for key, what in (("once", "fitted at 1 h"), ("refit", "refitted at t"))]
+    for key, repair, label in curves:
+        rows = sorted((c for c in cells if c["repair"] == repair), key=lambda c: c["t"])
+        shown = [c for c in rows if c.get(key) and c[key]["mean"] is not None]  # a partial run: where it has them
+        if shown:
+            ax.errorbar([c["t"] for c in shown], [c[key]["mean"] for c in shown],
+                        yerr=[c[key]["std"] or 0 for c in shown], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("t after programming (s)")
+    ax.set_ylabel("PPL (mean ± std over chips)")
+    ax.legend(fontsize=7)
 
 
 def time_plot(cells: list[dict]) -> bytes:
@@ -375,21 +420,12 @@ def time_plot(cells: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    presets = list(dict.fromkeys(c["preset"] for c in cells))
-    fig, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 3.6), squeeze=False)
-    for ax, preset in zip(axes[0], presets):
-        rows = sorted((c for c in cells if c["preset"] == preset), key=lambda c: c["t"])
-        for key, label in (("noisy", "no repair"), ("once", "P1 fitted at 1 h"), ("refit", "P1 refitted at t"),
-                           ("router_digital", "router digital")):
-            shown = [c for c in rows if c.get(key) and c[key]["mean"] is not None]  # a partial run: where it has them
-            if shown:
-                ax.errorbar([c["t"] for c in shown], [c[key]["mean"] for c in shown],
-                            yerr=[c[key]["std"] or 0 for c in shown], marker="o", capsize=3, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("t after programming (s)")
-        ax.set_ylabel("PPL (mean ± std over chips)")
-        ax.set_title(preset)
-        ax.legend(fontsize=8)
+    models, presets = list(dict.fromkeys(c["model"] for c in cells)), list(dict.fromkeys(c["preset"] for c in cells))
+    fig, axes = plt.subplots(len(models), len(presets), figsize=(5 * len(presets), 3.6 * len(models)), squeeze=False)
+    for row_axes, model in zip(axes, models):
+        for ax, preset in zip(row_axes, presets):
+            _time_panel(ax, [c for c in cells if (c["model"], c["preset"]) == (model, preset)])
+            ax.set_title(f"{model}, {preset}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
