@@ -165,8 +165,9 @@ def test_user_mistakes_give_one_line_and_status_2(folder, tmp_path, args, messag
 
 def test_noisy_eval_reports_mean_and_std_over_chips(folder, tmp_path):
     out = tmp_path / "noisy.json"
-    args = ["eval", "--model", str(folder), "--split", "validation", "--window", "128", "--preset", "gaussian",
-            "--set", "chip.overrides.eta=0.5", "--chips", "2", "--placement", "all", "--json", str(out)]
+    args = ["eval", "--model", str(folder), "--split", "validation", "--window", "128", "--max-tokens", "2048",
+            "--preset", "gaussian", "--set", "chip.overrides.eta=0.5", "--chips", "2", "--placement", "all",
+            "--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())

@@ -93,6 +93,10 @@ class Calibrator:
             noisy: Observation | None = None, replaced: Observation | None = None) -> Plan:
         m = self.method
         fit_chip = self.fit_chip(chip)
+        if m.replace is not None and m.replace.threshold is None:  # r known from the structure: refuse before observing
+            for layer in moe_layers(model):
+                r = rep.replacement_count(torch.zeros(layer.num_experts), layer.top_k, m.replace)
+                rep.check_count(r, layer.num_experts, layer.top_k, m.replace.variant, layer.index)
         plan = Plan(method=m.model_dump(mode="json"), chip=fit_chip.to_dict(), model=model_summary(model))
         if m.copies is not None:
             plan.router_copies = m.copies.count
