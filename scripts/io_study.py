@@ -17,6 +17,7 @@ from pathlib import Path
 
 from romer.estimators import holm, interval, paired_reduction, per_chip_reduction, shared_seeds
 from romer.io import write_json_atomic
+from romer.report.tables import interval_text
 
 OUT = Path("results/io")
 
@@ -54,12 +55,6 @@ def _by_seed(ppl: list[float], seeds: list[int]) -> dict[int, float]:
     return dict(zip(seeds, ppl))
 
 
-def _figure(f: dict) -> str:
-    if f["mean"] is None:
-        return "—"
-    return f"{f['mean']:+.1f}" + ("" if f["low"] is None else f" [{f['low']:+.1f}, {f['high']:+.1f}]")
-
-
 def regime_table(cells: Path = Path("results/regime-map/cells.json"),
                  with_io: Path = Path("results/regime-io/results.json")) -> str:
     """The ``romer run regime-io`` cells (IO on) beside the same chips with ideal IO from the regime map's cells
@@ -94,13 +89,13 @@ def regime_table(cells: Path = Path("results/regime-map/cells.json"),
             with_io = per_chip_reduction(on[method], on["noisy"])
             reference = ideal.get("recalibration" if method == "recalibration fitted without IO" else method)
             if reference is None:
-                parts.append(f"— → {_figure(interval(with_io))}")
+                parts.append(f"— → {interval_text(interval(with_io))}")
                 continue
             without = per_chip_reduction(reference, ideal["noisy"])
             differences.append(interval([a - b for a, b in zip(with_io, without)])["p"])
-            parts.append(f"{_figure(interval(without))} → {_figure(interval(with_io))}")
+            parts.append(f"{interval_text(interval(without))} → {interval_text(interval(with_io))}")
         lines.append(f"| {model} | {base}, {len(seeds)} chips | {placement} | "
-                     f"{statistics.fmean(ideal['noisy'][s] for s in seeds):.2f} | {_figure(cost)} % | "
+                     f"{statistics.fmean(ideal['noisy'][s] for s in seeds):.2f} | {interval_text(cost)} % | "
                      + " | ".join(parts) + " |")
     adjusted = [p for p in holm(differences) if p is not None]
     lines += ["", f"Repairs' reduction under IO − under ideal IO, paired by chip: {sum(p < 0.05 for p in adjusted)} of "

@@ -70,3 +70,14 @@ def test_benjamini_hochberg_by_hand():
     # 0.04, min(0.045, 0.04) = 0.04, min(0.03, 0.04) = 0.03
     assert benjamini_hochberg([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.04, 0.04, None])
     assert benjamini_hochberg([0.9]) == [0.9]
+
+
+def test_versus_text_by_hand():
+    """Chips 0 and 1 at 90 and 80 against 100 and 100 (chip 2 only on one side: left out): per-chip reductions 10
+    and 20 %, mean 15, sd √50, se 5, t(0.975, 1) = 12.7062 → 15 ± 63.53; one chip has no interval."""
+    from romer.report.tables import interval_text, versus_text
+
+    assert versus_text({0: 90.0, 1: 80.0, 2: 1.0}, {0: 100.0, 1: 100.0}) == "+15.0 [-48.5, +78.5]"
+    assert versus_text({0: 90.0, 1: 80.0}, {0: 100.0, 1: 100.0}, ci_digits=0) == "+15.0 [-49, +79]"
+    assert versus_text({0: 90.0}, {0: 100.0}) == "+10.0" and versus_text({0: 90.0}, {1: 100.0}) == "—"
+    assert interval_text(None) == "—"

@@ -12,7 +12,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from romer.estimators import paired_reduction
 
 CSV_COLUMNS = ("model", "preset", "t", "placement", "method", "kind", "chips", "tokens", "ppl_mean",
                "ppl_std", "ppl_ci95_low", "ppl_ci95_high", "reduction_pct", "gap_recovered_pct", "word_ppl_mean",
@@ -111,6 +114,21 @@ def grid_cell(row: dict) -> tuple[str, str]:
 ESTIMATOR_LINE = ("Reduction vs noisy and gap recovered: the paired estimator — the mean over chips of each chip's "
                   "figure against the noisy and clean rows of the same chip, 95 % Student-t interval in brackets "
                   "(romer.estimators).")
+
+
+def interval_text(figure: dict | None, ci_digits: int = 1) -> str:
+    """A paired figure (``romer.estimators.interval``: mean, low, high) as ``+2.1 [+0.4, +3.8]``: the mean alone
+    without an interval (one chip), — without a mean."""
+    if not figure or figure.get("mean") is None:
+        return "—"
+    if figure.get("low") is None:
+        return f"{figure['mean']:+.1f}"
+    return f"{figure['mean']:+.1f} [{figure['low']:+.{ci_digits}f}, {figure['high']:+.{ci_digits}f}]"
+
+
+def versus_text(ppl: Mapping[int, float], other: Mapping[int, float], ci_digits: int = 1) -> str:
+    """``ppl``'s PPL reduction % against ``other`` on the chips (seeds) both have, paired: ``+2.1 [+0.4, +3.8]``."""
+    return interval_text(paired_reduction(ppl, other), ci_digits)
 
 
 def reduction_cell(row: dict) -> str:

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from readme_sections import SectionError
-from romer.estimators import paired_reduction, spearman
+from romer.estimators import spearman
+from romer.report.tables import interval_text, versus_text
 from romer.studies.regime_map import (GRID_SOURCES, MIN_DAMAGE_PCT, MODELS, damage_pct, distinct, present_models,
                                       regime_presets)
 PLACEMENTS = ("moe", "experts", "all")
@@ -15,11 +16,7 @@ WHEN = {1.0: "1 s", 3600.0: "1 hour", 86400.0: "1 day", 2592000.0: "30 days", 31
 
 
 def _pct(figure: dict | None) -> str:
-    if not figure or figure.get("mean") is None:
-        return "—"
-    if figure.get("low") is None:
-        return f"{figure['mean']:+.1f}"
-    return f"{figure['mean']:+.1f} [{figure['low']:+.0f}, {figure['high']:+.0f}]"
+    return interval_text(figure, ci_digits=0)
 
 
 def _method(cell: dict, name: str, figure: str = "reduction_pct") -> dict | None:
@@ -129,10 +126,7 @@ def render(root: Path) -> str:
 def _versus(cell: dict, method: str, other: str) -> str:
     """``method``'s PPL reduction against ``other`` on the same chips of ``cell``: ``+2.9 [+1.4, +4.4]``."""
     a, b = cell["methods"].get(method), cell["methods"].get(other)
-    if not a or not b:
-        return "—"
-    f = paired_reduction(dict(zip(a["seeds"], a["ppl"])), dict(zip(b["seeds"], b["ppl"])))
-    return _pct(f)
+    return "—" if not a or not b else versus_text(dict(zip(a["seeds"], a["ppl"])), dict(zip(b["seeds"], b["ppl"])), 0)
 
 
 def _repairs(cells: list[dict]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from romer.estimators import paired_reduction
+from romer.report.tables import versus_text
 from romer.report.setup import setup_line
 
 VARIANTS = ("replica", "split")
@@ -31,12 +31,7 @@ def _chips(row: dict) -> dict[int, float]:
 
 def versus(a: dict | None, b: dict | None) -> str:
     """Row ``a``'s PPL reduction against row ``b`` on the same chips: ``+2.1 [+0.4, +3.8]`` (— without both)."""
-    if not a or not b:
-        return "—"
-    f = paired_reduction(_chips(a), _chips(b))
-    if f["mean"] is None:
-        return "—"
-    return f"{f['mean']:+.1f}" + ("" if f["low"] is None else f" [{f['low']:+.1f}, {f['high']:+.1f}]")
+    return "—" if not a or not b else versus_text(_chips(a), _chips(b))
 
 
 def _load_cell(r: dict) -> str:
