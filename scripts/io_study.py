@@ -2,6 +2,7 @@
 
   python scripts/io_study.py tie-rate --model olmoe-tiny        → results/io/tie-rate-olmoe-tiny.json
   python scripts/io_study.py cost --model olmoe-tiny            → results/io/cost-olmoe-tiny.json
+  python scripts/io_study.py bound --model olmoe-tiny --chips 2 → results/io/bound-olmoe-tiny.json
 
 ``--print`` renders the docs/io.md tables from the files already on disk; ``regime`` puts the
 ``romer run regime-io`` rows (results/regime-io/results.json) beside the same chips with ideal IO from the
@@ -15,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from romer.estimators import holm, interval, paired_reduction, per_chip_reduction, shared_seeds
+from romer.estimators import holm, interval, per_chip_reduction, shared_seeds
 from romer.io import write_json_atomic
 from romer.report.tables import interval_text
 
@@ -45,6 +46,30 @@ def cost_table(paths: list[Path]) -> str:
             values = [f"{c['ppl_mean']:.2f} ± {c['ppl_std']:.2f} ({100 * (c['ppl_mean'] / data['clean_ppl'] - 1):+.1f} %)"
                       for c in cells.values()]
             lines.append(f"| {data['model']} | {placement} | {data['clean_ppl']:.2f} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def cost(ppl: dict[int, float], ideal: dict[int, float]) -> dict:
+    """The periphery's cost, paired by chip: the interval of 100·(PPL / PPL with ideal IO − 1) over shared seeds."""
+    return interval([100.0 * (ppl[s] / ideal[s] - 1.0) for s in shared_seeds(ppl, ideal)])
+
+
+def bound_table(paths: list[Path]) -> str:
+    """The periphery's cost against ideal IO on the same chip (paired by chip, %), per model, weights, placement."""
+    lines = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        variants = [k for k in data["cells"][0]["ppl_per_chip"] if k != "ideal"]
+        if not lines:
+            lines = ["| model | weights | analog | ideal IO: PPL | " + " | ".join(variants) + " |",
+                     "|---|---|---|---:|" + "---:|" * len(variants)]
+        for cell in data["cells"]:
+            chips = cell["ppl_per_chip"]
+            ideal = dict(enumerate(chips["ideal"]))
+            weights = "exact" if not cell["pcm_scale"] else f"pcm×{cell['pcm_scale']:g}"
+            costs = [interval_text(cost(dict(enumerate(chips[v])), ideal)) + " %" for v in variants]
+            lines.append(f"| {data['model']} | {weights} | {cell['placement']} | "
+                         f"{statistics.fmean(ideal.values()):.2f} | " + " | ".join(costs) + " |")
     return "\n".join(lines)
 
 
@@ -80,7 +105,7 @@ def regime_table(cells: Path = Path("results/regime-map/cells.json"),
                  for m, v in cell["methods"].items()}  # the chips both runs have, for every figure
         on = {m: {s: p for s, p in _by_seed(r["ppl_per_chip"], r["seeds"]).items() if s in seeds}
               for m, r in mine.items()}
-        cost = paired_reduction(ideal["noisy"], on["noisy"])  # 100·(1 − ideal/IO): the share IO adds
+        added = cost(on["noisy"], ideal["noisy"])
         parts = []
         for method in REPAIRS:
             if method not in on:
@@ -95,7 +120,7 @@ def regime_table(cells: Path = Path("results/regime-map/cells.json"),
             differences.append(interval([a - b for a, b in zip(with_io, without)])["p"])
             parts.append(f"{interval_text(interval(without))} → {interval_text(interval(with_io))}")
         lines.append(f"| {model} | {base}, {len(seeds)} chips | {placement} | "
-                     f"{statistics.fmean(ideal['noisy'][s] for s in seeds):.2f} | {interval_text(cost)} % | "
+                     f"{statistics.fmean(ideal['noisy'][s] for s in seeds):.2f} | {interval_text(added)} % | "
                      + " | ".join(parts) + " |")
     adjusted = [p for p in holm(differences) if p is not None]
     lines += ["", f"Repairs' reduction under IO − under ideal IO, paired by chip: {sum(p < 0.05 for p in adjusted)} of "
@@ -105,7 +130,7 @@ def regime_table(cells: Path = Path("results/regime-map/cells.json"),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=["tie-rate", "cost", "regime"])
+    parser.add_argument("study", choices=["tie-rate", "cost", "bound", "regime"])
     parser.add_argument("--model", action="append", default=[])
     parser.add_argument("--chips", type=int, default=3)
     parser.add_argument("--print", action="store_true", help="only print the table from results/io/")
@@ -114,13 +139,14 @@ def main() -> None:
         print(regime_table())
         return
     if not args.print:
-        from romer.studies.io_study import io_cost, router_tie_rate
+        from romer.studies.io_study import io_bound, io_cost, router_tie_rate
 
+        study = {"tie-rate": router_tie_rate, "cost": lambda name: io_cost(name, chips=args.chips),
+                 "bound": lambda name: io_bound(name, chips=args.chips)}[args.study]
         for name in args.model:
-            result = router_tie_rate(name) if args.study == "tie-rate" else io_cost(name, chips=args.chips)
-            write_json_atomic(OUT / f"{args.study}-{name}.json", result)
+            write_json_atomic(OUT / f"{args.study}-{name}.json", study(name))
     paths = sorted(OUT.glob(f"{args.study}-*.json"))
-    print(tie_rate_table(paths) if args.study == "tie-rate" else cost_table(paths))
+    print({"tie-rate": tie_rate_table, "cost": cost_table, "bound": bound_table}[args.study](paths))
 
 
 if __name__ == "__main__":

@@ -98,3 +98,38 @@ def io_cost(name: str, ios: tuple[str, ...] = ("aihwkit-default", "hwa-standard"
         out[placement] = cells
     return {"model": name, "text": spec.label, "chips": chips, "pcm_scale": pcm_scale, "clean_ppl": clean,
             "placements": out}
+
+
+def bound_variants() -> dict[str, object]:
+    """hwa-standard and two variants that take the ADC's bound out of play: iterative bound management (a clipped
+    token runs again with halved inputs) and a ±100 bound with an 11-bit ADC (about hwa-standard's step, 0.098
+    against 0.079 array units)."""
+    hwa = get_io("hwa-standard")
+    return {"hwa-standard": hwa,
+            "hwa-standard, iterative bound management": dataclasses.replace(
+                hwa, name="hwa-iterative", bound_management="iterative"),
+            "hwa-standard, ±100 bound, 11-bit ADC": dataclasses.replace(
+                hwa, name="hwa-bound-100", out_bound=100.0, adc_bits=11)}
+
+
+def io_bound(name: str, placements: tuple[str, ...] = ("router", "experts"), pcm_scales: tuple[float, ...] = (0.0, 10.0),
+             chips: int = 2, spec: EvalSpec = IO_STUDY_SPEC) -> dict:
+    """Where hwa-standard's cost comes from and why it shrinks on noisy weights: per placement (the routers or the
+    routed experts analog) and weights (exact: scale 0, a gaussian η = 0 chip; else PCM × scale at t = 1 day), the
+    per-chip PPL with ideal IO and with each of :func:`bound_variants`, chip seeds 0 … chips−1."""
+    model, tokenizer = load_model(name)
+    text = spec.text(tokenizer)
+    ios = {"ideal": get_io("ideal"), **bound_variants()}
+    out = []
+    for scale in pcm_scales:
+        for placement in placements:
+            cell = {"pcm_scale": scale, "placement": placement, "ppl_per_chip": {}}
+            for label, io in ios.items():
+                chip = (Chip.from_options("gaussian", placement=placement, io=io, eta=0.0) if not scale else
+                        Chip.from_options("pcm", placement=placement, io=io, prog_noise_scale=scale,
+                                          read_noise_scale=scale, t_inference=86400.0))
+                cell["ppl_per_chip"][label] = noisy_perplexity(model, tokenizer, text, chip, chips,
+                                                               window=spec.window)["ppl_per_chip"]
+            out.append(cell)
+    return {"model": name, "text": spec.label, "chips": chips, "clean_ppl": spec.perplexity(model, tokenizer, text).ppl,
+            "cells": out}
