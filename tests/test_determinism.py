@@ -66,8 +66,7 @@ def test_two_local_runs_give_byte_identical_results(local_runs):
     assert by_method["clean"]["ppl"] < by_method["noisy"]["ppl"]
 
 
-def test_ray_backend_gives_the_local_results(local_runs):
-    pytest.importorskip("ray", reason="ray is not installed (pip install 'romer[ray]')")
+def test_ray_backend_gives_the_local_results(local_runs, ray_cluster):
     root, config = local_runs
     summary = run_experiment(config, root / "ray.sqlite", backend="ray", workers=1, progress=False)
     assert summary.computed == 3

@@ -250,8 +250,7 @@ def test_sigint_during_romer_run_stores_what_was_done_and_resumes(tmp_path, sig,
     assert (out / "report.html").exists()
 
 
-def test_ray_backend_matches_local(tmp_path):
-    pytest.importorskip("ray", reason="ray is not installed (pip install 'romer[ray]')")
+def test_ray_backend_matches_local(tmp_path, ray_cluster):
     config = load_config("default", SMALL + ["chip.chips=2"])
     run_experiment(config, tmp_path / "local.sqlite", evaluator=fake_evaluator, progress=False)
     summary = run_experiment(config, tmp_path / "ray.sqlite", evaluator=fake_evaluator, backend="ray", workers=2,

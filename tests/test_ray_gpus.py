@@ -57,6 +57,8 @@ def two_gpu_cluster():
     """A local Ray cluster declaring two GPUs (one Ray start: the CPU case is the unit test above)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'romer[ray]')")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # the shared CPU cluster (conftest.ray_cluster): this test declares GPUs
+        ray.shutdown()
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
