@@ -61,14 +61,16 @@ def bound_table(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         variants = [k for k in data["cells"][0]["ppl_per_chip"] if k != "ideal"]
         if not lines:
-            lines = ["| model | weights | analog | ideal IO: PPL | " + " | ".join(variants) + " |",
-                     "|---|---|---|---:|" + "---:|" * len(variants)]
+            lines = ["| model | weights | analog | column scale, read / exact | ideal IO: PPL | "
+                     + " | ".join(variants) + " |", "|---|---|---|---:|---:|" + "---:|" * len(variants)]
         for cell in data["cells"]:
             chips = cell["ppl_per_chip"]
             ideal = dict(enumerate(chips["ideal"]))
             weights = "exact" if not cell["pcm_scale"] else f"pcm×{cell['pcm_scale']:g}"
             costs = [interval_text(cost(dict(enumerate(chips[v])), ideal)) + " %" for v in variants]
+            ratio = cell.get("column_scale_ratio")
             lines.append(f"| {data['model']} | {weights} | {cell['placement']} | "
+                         f"{'1' if not cell['pcm_scale'] else '—' if ratio is None else format(ratio, '.2f')} | "
                          f"{statistics.fmean(ideal.values()):.2f} | " + " | ".join(costs) + " |")
     return "\n".join(lines)
 

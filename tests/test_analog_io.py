@@ -358,3 +358,17 @@ def test_fit_io_enters_the_config_hash_only_when_set():
     unset = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: null}]"]).config_hash
     ideal = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: ideal}]"]).config_hash
     assert plain == unset != ideal
+
+
+def test_column_scale_ratio_is_one_on_exact_weights_and_grows_with_noise():
+    """The IO study's s_read / s_exact: exactly 1 when programming changes nothing (η = 0), above 1 when the
+    read-back weights carry noise (their column abs-max grows), and the model is restored after."""
+    from romer.studies.io_study import column_scale_ratio
+
+    model, ids = _model_and_ids("olmoe")
+    before = _logits(model, ids)
+    assert column_scale_ratio(model, Chip.from_options("gaussian", placement="experts", io=HWA_STANDARD,
+                                                       eta=0.0)) == 1.0
+    assert column_scale_ratio(model, Chip.from_options("gaussian", placement="experts", io=HWA_STANDARD,
+                                                       eta=0.3)) > 1.05
+    assert torch.equal(_logits(model, ids), before)

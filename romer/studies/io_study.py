@@ -130,6 +130,24 @@ def io_bound(name: str, placements: tuple[str, ...] = ("router", "experts"), pcm
                                           read_noise_scale=scale, t_inference=86400.0))
                 cell["ppl_per_chip"][label] = noisy_perplexity(model, tokenizer, text, chip, chips,
                                                                window=spec.window)["ppl_per_chip"]
+            if scale:
+                cell["column_scale_ratio"] = column_scale_ratio(model, Chip.from_options(
+                    "pcm", placement=placement, io=get_io("hwa-standard"), prog_noise_scale=scale,
+                    read_noise_scale=scale, t_inference=86400.0))
             out.append(cell)
     return {"model": name, "text": spec.label, "chips": chips, "clean_ppl": spec.perplexity(model, tokenizer, text).ppl,
             "cells": out}
+
+
+@torch.no_grad()
+def column_scale_ratio(model: nn.Module, chip: Chip) -> float:
+    """The median over the chip's analog weight columns of s_read / s_exact: the weight scale the IO path maps onto
+    the array (``weight_scales``: per column or tile abs-max) of the read-back weights over that of the exact ones.
+    Above 1, the same input gives smaller outputs in array units, so fewer reach the ADC's bound."""
+    from romer.noise.io import weight_scales
+
+    weights = chip.analog_weights(model)
+    exact = [torch.cat([s.flatten() for s in weight_scales(w.parameter.detach(), chip.io)]) for w in weights]
+    with program(model, chip):
+        read = [torch.cat([s.flatten() for s in weight_scales(w.parameter.detach(), chip.io)]) for w in weights]
+    return float(torch.cat([r / e.clamp_min(1e-12) for r, e in zip(read, exact)]).median())
