@@ -8,7 +8,8 @@ corrections installed one set at a time (``routing_rule.install``), scores:
 
 * **online vs offline** (monitor): P1 fitted by the streaming monitor (``romer.calibrate.monitor``, 1024 bins)
   after 1, 2, 4 served validation windows, against offline P1 on 16 train windows, all scored on the first
-  1,024 test tokens; and the served validation stream (8,192 tokens) itself with the monitor refitting every
+  1,024 test tokens; the same from the served stream's first 1, 2, 4 windows (contiguous text, what a
+  monitor has seen after serving them); and the served validation stream (8,192 tokens) itself with the monitor refitting every
   1,024 tokens (two windows) from no correction, against the noisy chip and the offline plan on the same windows;
 * **calibration windows and percentiles**: offline P1 on 1, 4, 16, 64 train windows with (1, 99) and with the
   data-only tail-count rule (lo = max(1, 100·32/T) for T calibration tokens: each tail holds ≥ 32 of them),
@@ -84,6 +85,14 @@ def windows_of(tokenizer, path: Path, count: int):
                                                           data_path=str(path), split="test"))
 
 
+def first_windows(tokenizer, text: str, count: int) -> torch.Tensor:
+    """The first ``count`` BOS-prefixed windows of ``text`` (contiguous: what a monitor has seen after serving
+    them), against ``windows_of``'s windows drawn across a whole split."""
+    ids = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    step = WINDOW - 1
+    return torch.tensor([[tokenizer.bos_token_id] + ids[i * step:(i + 1) * step] for i in range(count)])
+
+
 class Sketched:
     """A monitor observing windows one at a time (no routing change), read at checkpoints: (tokens, per-layer
     long sketches' fits) — the noisy side; the clean side is the same monitor on the clean model."""
@@ -144,6 +153,7 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
         fixed = (1.0, 99.0)
         train = Sketched(model, texts["train-windows"], set(WINDOW_COUNTS), lambda t: {fixed, tail_rule(t)})
         online = Sketched(model, texts["stream-windows"], set(ONLINE_STEPS), lambda t: {fixed})
+        served_first = Sketched(model, texts["stream-first-windows"], set(ONLINE_STEPS), lambda t: {fixed})
         sources = {s: Sketched(model, texts[f"train-{s}-windows"], {SOURCE_WINDOWS}, lambda t: {fixed})
                    for s in SOURCES}
         offline = fixes(train.at[OFFLINE_WINDOWS][fixed], clean["train"][OFFLINE_WINDOWS][fixed], fixed)
@@ -151,6 +161,9 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
         out["test"] = {"noisy": score(test, None), "offline": score(test, offline)}
         out["online"] = {str(n): score(test, fixes(online.at[n][fixed], clean["train"][OFFLINE_WINDOWS][fixed],
                                                    fixed)) for n in ONLINE_STEPS}
+        out["online_contiguous"] = {str(n): score(test, fixes(served_first.at[n][fixed],
+                                                              clean["train"][OFFLINE_WINDOWS][fixed], fixed))
+                                    for n in ONLINE_STEPS}
         out["windows"] = {}
         for n in WINDOW_COUNTS:
             for name, levels in (("fixed", fixed), ("rule", tail_rule(n * WINDOW))):
@@ -206,6 +219,7 @@ def run_measure(args) -> int:
                  "stream-windows": windows_of(tokenizer, source_file(folder, "validation", None), max(ONLINE_STEPS)),
                  "test": token_prefix(tokenizer, romer.EvalSpec(split="test").full_text(), EVAL_TOKENS),
                  "stream": token_prefix(tokenizer, romer.EvalSpec(split="validation").full_text(), STREAM_TOKENS)}
+        texts["stream-first-windows"] = first_windows(tokenizer, texts["stream"], max(ONLINE_STEPS))
         for s in SOURCES:
             texts[f"train-{s}-windows"] = windows_of(tokenizer, source_file(folder, "train", s), SOURCE_WINDOWS)
             texts[f"validation-{s}"] = token_prefix(tokenizer, source_file(folder, "validation", s).read_text(),
@@ -305,6 +319,9 @@ def monitor_summary() -> dict:
         online = by(lambda c: c["online"][n])
         out["online"][n] = {"ppl": statistics_of(online), "vs_offline": paired(online, offline),
                             "vs_noisy": paired(online, noisy)}
+        if "online_contiguous" in chips[0]:
+            first = by(lambda c: c["online_contiguous"][n])
+            out["online"][n].update(contiguous_vs_offline=paired(first, offline), contiguous_vs_noisy=paired(first, noisy))
     for key in chips[0]["windows"]:
         ppl = by(lambda c: c["windows"][key]["ppl"])
         out["windows"][key] = {"levels": chips[0]["windows"][key]["levels"], "ppl": statistics_of(ppl),
@@ -356,8 +373,10 @@ def tables(summary: dict) -> str:
         lines += [f"**Online vs offline P1** (`python scripts/in_service.py measure`; default chip, {m['chips']} "
                   "chips, first 1,024 test tokens; change vs offline P1 on 16 train windows, paired by chip; "
                   f"offline P1 itself: {fmt(m['offline_vs_noisy'])} vs the noisy chip)", "",
-                  "| served validation windows (512 tokens) | vs offline P1 | vs noisy |", "|---:|---:|---:|"]
-        lines += [f"| {n} | {fmt(v['vs_offline'])} | {fmt(v['vs_noisy'])} |" for n, v in m["online"].items()]
+                  "| validation windows (512 tokens) | drawn across the split: vs offline P1 | vs noisy | the served "
+                  "stream's first windows: vs offline P1 | vs noisy |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {fmt(v['vs_offline'])} | {fmt(v['vs_noisy'])} | {fmt(v.get('contiguous_vs_offline'))} | "
+                  f"{fmt(v.get('contiguous_vs_noisy'))} |" for n, v in m["online"].items()]
         lines += ["", f"**Served stream** ({STREAM_TOKENS:,} validation tokens, each 512-token step scored before any refit that "
                   "uses it; PPL change vs the noisy chip on the same stream)", "", "| routing | PPL | vs noisy |",
                   "|---|---:|---:|"]
