@@ -372,3 +372,32 @@ def test_column_scale_ratio_is_one_on_exact_weights_and_grows_with_noise():
     assert column_scale_ratio(model, Chip.from_options("gaussian", placement="experts", io=HWA_STANDARD,
                                                        eta=0.3)) > 1.05
     assert torch.equal(_logits(model, ids), before)
+
+
+def test_the_runner_scores_maxnn_under_io_as_apply_does(tmp_path):
+    """The shared evaluator's MaxNN (digital experts swapped into the programmed base state) scores exactly as a
+    fresh ``apply`` of the same plan on a chip with an IO periphery: the digital experts run without it there too.
+    A deterministic periphery (abs-max inputs, no output noise), so that every forward call reads the same."""
+    from romer.calibrate import Calibrator, MethodConfig, apply
+    from romer.eval import perplexity
+    from romer.eval.spec import EvalSpec
+    from romer.experiment.config_file import load_config
+    from romer.experiment.evaluate import Evaluator
+    from romer.models import load_model
+
+    quiet = tmp_path / "quiet-io.yaml"
+    quiet.write_text("base: aihwkit-default\nout_noise: 0.0\n")
+    config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", f"chip.io=[{quiet}]",
+                                     "eval.max_tokens=1024", "eval.dtype=float32", "methods=[noisy, maxnn-12.5%]"])
+    (group,) = config.groups()
+    rows = {row["method"]: row for row in Evaluator()(group)}
+    chip = Chip.from_dict(group.chip)
+    model, tokenizer = load_model("olmoe-tiny")
+    text = EvalSpec(max_tokens=1024).text(tokenizer)
+    method = MethodConfig.model_validate(group.methods[1])
+    calibrator = Calibrator(method)
+    plan = calibrator.fit(model, calibrator.windows(tokenizer), chip)
+    with torch.no_grad(), apply(model, chip, plan):
+        ppl = perplexity(model, tokenizer, text, window=512, batch_size=8).ppl
+    assert ppl == pytest.approx(rows["maxnn-12.5%"]["ppl"], rel=1e-9)
+    assert rows["maxnn-12.5%"]["ppl"] != rows["noisy"]["ppl"]

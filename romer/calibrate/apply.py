@@ -33,11 +33,14 @@ def _attention_weights(model: nn.Module, chip: Chip) -> list[torch.Tensor]:
     return [w.parameter for w in analog_weights(model, frozenset({"attention"}), strict=False)]
 
 
-def _take_off_periphery(hooks, model: nn.Module, chip: Chip, plan: Plan, layers: dict) -> None:
+def take_off_periphery(hooks, model: nn.Module, chip: Chip, plan: Plan) -> None:
+    """The plan's digital parts (MaxNN's experts and attention) multiplied without the chip's IO periphery
+    (``IOHooks.keep_digital``): they are digital units, not arrays behind a DAC and an ADC."""
+    layers = {layer.index: layer for layer in moe_layers(model)}
     digital = set(map(id, _attention_weights(model, chip))) if plan.digital_attention else set()
     fused = {}
     for i, experts in plan.digital_experts.items():
-        routed = layers[i].experts
+        routed = layers[int(i)].experts
         if routed.layout == FUSED:
             fused[routed.module] = experts
         else:
@@ -155,7 +158,7 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
                         rep.average_into(layers[r.layer].experts, hot, cold)
             keep.restore()  # the plan's digital weights read back clean
             if programmed.io_hooks is not None:  # ... and are multiplied without the chip's periphery
-                _take_off_periphery(programmed.io_hooks, model, chip, plan, layers)
+                take_off_periphery(programmed.io_hooks, model, chip, plan)
         handles = install(list(layers.values()), plan.router)
     except BaseException:
         if keep is not None:

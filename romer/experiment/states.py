@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from romer.calibrate import Applied, apply
+from romer.calibrate.apply import take_off_periphery
 from romer.calibrate import replacement as rep
 from romer.calibrate.plan import Plan
 from romer.calibrate.routing_rule import install
@@ -128,12 +129,17 @@ class BaseState:
         with torch.no_grad():
             for view, value in zip(views, clean):
                 view.copy_(value)
+        if self._io is not None:  # digital units: no DAC and ADC in front of them
+            take_off_periphery(self._io, self.model, self.chip, plan)
         try:
             yield
         finally:
             with torch.no_grad():
                 for view, value in zip(views, programmed):
                     view.copy_(value)
+            if self._io is not None:  # the periphery on every analog matmul again
+                self._io.remove()
+                self._io = install_chip_io(self.model, self.chip)
 
 
 def replica_weights(model: nn.Module, chip: Chip, plan: Plan) -> Applied:
