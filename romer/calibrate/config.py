@@ -170,7 +170,8 @@ class MethodConfig(_Strict):
 
     @property
     def fits_elsewhere(self) -> bool:
-        """Whether the plan is fitted on another chip or at another time than the one it is scored on."""
+        """Whether the plan is fitted on another chip, at another time or behind another periphery than the one it
+        is scored on."""
         return self.fit_seed_offset != 0 or self.fit_time is not None or self.fit_io is not None
 
     @property
