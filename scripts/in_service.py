@@ -9,8 +9,9 @@ corrections installed one set at a time (``routing_rule.install``), scores:
 * **online vs offline** (monitor): P1 fitted by the streaming monitor (``romer.calibrate.monitor``, 1024 bins)
   after 1, 2, 4 served validation windows, against offline P1 on 16 train windows, all scored on the first
   1,024 test tokens; the same from the served stream's first 1, 2, 4 windows (contiguous text, what a
-  monitor has seen after serving them); and the served validation stream (8,192 tokens) itself with the monitor refitting every
-  1,024 tokens (two windows) from no correction, against the noisy chip and the offline plan on the same windows;
+  monitor has seen after serving them); and the served validation stream (8,192 tokens) itself with the
+  monitor refitting every 1,024 tokens (two windows) from no correction, against the noisy chip and the offline
+  plan on the same windows;
 * **calibration windows and percentiles**: offline P1 on 1, 4, 16, 64 train windows with (1, 99) and with the
   data-only tail-count rule (lo = max(1, 100·32/T) for T calibration tokens: each tail holds ≥ 32 of them),
   scored on the test tokens;
