@@ -383,17 +383,18 @@ def test_the_runner_scores_maxnn_under_io_as_apply_does(tmp_path):
     from romer.eval.spec import EvalSpec
     from romer.experiment.config_file import load_config
     from romer.experiment.evaluate import Evaluator
-    from romer.models import load_model
 
     quiet = tmp_path / "quiet-io.yaml"
     quiet.write_text("base: aihwkit-default\nout_noise: 0.0\n")
     config = load_config("default", ["models=[olmoe-tiny]", "chip.chips=1", f"chip.io=[{quiet}]",
-                                     "eval.max_tokens=1024", "eval.dtype=float32", "methods=[noisy, maxnn-12.5%]"])
+                                     "eval.max_tokens=512", "eval.dtype=float32", "methods=[noisy, maxnn-12.5%]",
+                                     "calibration.sequences=2"])
     (group,) = config.groups()
-    rows = {row["method"]: row for row in Evaluator()(group)}
+    evaluator = Evaluator()
+    rows = {row["method"]: row for row in evaluator(group)}
     chip = Chip.from_dict(group.chip)
-    model, tokenizer = load_model("olmoe-tiny")
-    text = EvalSpec(max_tokens=1024).text(tokenizer)
+    model, tokenizer = evaluator.model("olmoe-tiny")  # the same model object, back to its clean weights
+    text = EvalSpec(max_tokens=512).text(tokenizer)
     method = MethodConfig.model_validate(group.methods[1])
     calibrator = Calibrator(method)
     plan = calibrator.fit(model, calibrator.windows(tokenizer), chip)
