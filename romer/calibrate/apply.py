@@ -33,10 +33,10 @@ def _attention_weights(model: nn.Module, chip: Chip) -> list[torch.Tensor]:
     return [w.parameter for w in analog_weights(model, frozenset({"attention"}), strict=False)]
 
 
-def take_off_periphery(hooks, model: nn.Module, chip: Chip, plan: Plan) -> None:
+def take_off_periphery(hooks, model: nn.Module, chip: Chip, plan: Plan, layers: dict) -> None:
     """The plan's digital parts (MaxNN's experts and attention) multiplied without the chip's IO periphery
-    (``IOHooks.keep_digital``): they are digital units, not arrays behind a DAC and an ADC."""
-    layers = {layer.index: layer for layer in moe_layers(model)}
+    (``IOHooks.keep_digital``): they are digital units, not arrays behind a DAC and an ADC. ``layers``: MoE layer
+    index → ``MoELayer``, found before programming (finding them probes the routers, which IO would distort)."""
     digital = set(map(id, _attention_weights(model, chip))) if plan.digital_attention else set()
     fused = {}
     for i, experts in plan.digital_experts.items():
@@ -158,7 +158,7 @@ def apply(model: nn.Module, chip: Chip | None, plan: Plan) -> Applied:
                         rep.average_into(layers[r.layer].experts, hot, cold)
             keep.restore()  # the plan's digital weights read back clean
             if programmed.io_hooks is not None:  # ... and are multiplied without the chip's periphery
-                take_off_periphery(programmed.io_hooks, model, chip, plan)
+                take_off_periphery(programmed.io_hooks, model, chip, plan, layers)
         handles = install(list(layers.values()), plan.router)
     except BaseException:
         if keep is not None:

@@ -120,17 +120,17 @@ class BaseState:
         programmed ones again. (Digital attention needs nothing here: only plans whose attention is not analog
         run on the base state, see ``weights_key``.)"""
         experts, _ = effective_digital(plan, self.chip)
-        layers = {layer.index: layer for layer in moe_layers(self.model)}
-        views = [v for i, es in experts.items() for e in es for v in rep.expert_views(layers[int(i)].experts, e)]
-        programmed = [v.clone() for v in views]
         self.leave()  # two copies of the analog weights: cheap next to a forward pass
+        layers = {layer.index: layer for layer in moe_layers(self.model)}  # found on the clean model, no IO
+        views = [v for i, es in experts.items() for e in es for v in rep.expert_views(layers[int(i)].experts, e)]
         clean = [v.clone() for v in views]
         self.enter()
+        programmed = [v.clone() for v in views]
         with torch.no_grad():
             for view, value in zip(views, clean):
                 view.copy_(value)
         if self._io is not None:  # digital units: no DAC and ADC in front of them
-            take_off_periphery(self._io, self.model, self.chip, plan)
+            take_off_periphery(self._io, self.model, self.chip, plan, layers)
         try:
             yield
         finally:
