@@ -140,7 +140,7 @@ def test_main_result_table_from_a_tiny_report(updater, tmp_path):
         "|---|---:|---:|\n"
         "| clean | 10.00 (CV 0.50) | 9.00 (CV 0.30) |\n"
         "| P1 | 12.35 ± 0.50 · -12.3 % [-20.0, -4.5] · gap 57 % · CV 0.80→0.40 · dig. 5.0 % | "
-        "8.50 ± 0.10 · +3.2 %ᵐ · gap 40 %ᵐ · CV 0.50→0.20 |\n"
+        "8.50 ± 0.10 · — · gap — · CV 0.50→0.20 |\n"
         "\n"
         f"**`romer run main --out results/main`**, test split, placement `all`. {SETUP} {note}\n\n"
         "| method | olmoe-tiny |\n"

@@ -133,8 +133,8 @@ def versus_text(ppl: Mapping[int, float], other: Mapping[int, float], ci_digits:
 
 def reduction_cell(row: dict) -> str:
     """The paired reduction with its interval: ``+2.7 % [+1.1, +4.3]`` (— without one)."""
-    ci = row.get("reduction_ci95")
-    return _num(row.get("reduction_pct"), 1, " %") + ("" if ci is None else f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
+    value, ci = row.get("reduction_pct"), row.get("reduction_ci95")
+    return "—" if value is None else f"{value:+.1f} %" + ("" if ci is None else f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
 
 
 def markdown(rows: list[dict], title: str | None = None, setup: str | None = None) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from readme_sections.regime import chips_phrase
+from romer.report.tables import reduction_cell
 
 MODELS = ("olmoe-tiny", "qwenmoe-tiny", "deepseekmoe-tiny", "olmoe-deep")
 KEY_METHODS = ("clean", "noisy", "recalibration", "romer")  # README's key result: the repair and its working part
@@ -30,26 +31,18 @@ def table(rows: list[dict], cell, placement: str | None = None) -> str:
 
 
 def reduction(r: dict) -> str:
-    """The PPL reduction against noisy: the paired estimator with its 95 % interval where the row has it, else
-    (rows stored before per-chip PPLs were kept) the ratio of chip means, marked ᵐ."""
-    if r.get("reduction_pct") is not None:
-        ci = r.get("reduction_ci95")
-        return f"{r['reduction_pct']:+.1f} %" + ("" if ci is None else f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
-    value = r.get("reduction_of_means_pct")
-    return "—" if value is None else f"{value:+.1f} %ᵐ"
+    """The PPL reduction against noisy, paired by chip, with its 95 % interval (— for a row stored before per-chip
+    PPLs were kept: rerun its command)."""
+    return reduction_cell(r)
 
 
 def gap(r: dict) -> str | None:
-    """The share of the noisy − clean gap recovered, paired where the row has it, else the ratio of means (ᵐ)."""
-    if r.get("gap_recovered_pct") is not None:
-        return f"{r['gap_recovered_pct']:.0f} %"
-    value = r.get("gap_recovered_of_means_pct")
-    return None if value is None else f"{value:.0f} %ᵐ"
+    """The share of the noisy − clean gap recovered, paired by chip (None without it)."""
+    return None if r.get("gap_recovered_pct") is None else f"{r['gap_recovered_pct']:.0f} %"
 
 
 ESTIMATOR_NOTE = ("Reductions and gaps: the paired estimator (mean over chips of the per-chip figure, 95 % "
-                  "Student-t interval in brackets; `romer.estimators`); a figure marked ᵐ is the ratio of chip "
-                  "means, from a run stored before per-chip PPLs were kept (rerun its command for the paired one).")
+                  "Student-t interval in brackets; `romer.estimators`).")
 
 
 def main_cell(r: dict) -> str:
