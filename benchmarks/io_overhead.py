@@ -5,7 +5,9 @@ matmul; ``romer.noise.io``), for each placement.
 Repetitions are interleaved (the order rotates every round) and each round's time ratio IO / ideal is taken, so
 background load on a shared machine hits both alike; rounds continue until every 95 % interval (Student t over the
 rounds' log ratios) is narrower than ±``--ci`` %, or ``--max-repeats``. Issue goal: ≤ 1.5× the ideal path on CPU.
-``--update-readme`` rewrites the table in benchmarks/README.md between its markers.
+``--update-readme`` rewrites the table in benchmarks/README.md between its markers. ``--profile IO PLACEMENT``
+instead prints the share of each of the slowest torch operators in one perplexity pass on that chip
+(``torch.profiler``), e.g. ``--profile hwa-standard all``: where the IO path's time goes.
 """
 
 from __future__ import annotations
@@ -60,6 +62,24 @@ def measure(name: str, ios: list[str], placements: list[str], tokens: int, windo
     return out
 
 
+@torch.no_grad()
+def profile_shares(name: str, io: str, placement: str, tokens: int, window: int, batch_size: int,
+                   rows: int = 8) -> list[tuple[str, float]]:
+    """(operator, share of the profiled CPU time) for the ``rows`` slowest operators of one perplexity pass on the
+    default chip with ``io`` at ``placement`` (after one warm-up pass)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, tokenizer = load_model(name)
+    text = EvalSpec(max_tokens=tokens).text(tokenizer)
+    with program(model, replace(default_chip(0), placement=placement, io=get_io(io))):
+        perplexity(model, tokenizer, text, window=window, batch_size=batch_size)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            perplexity(model, tokenizer, text, window=window, batch_size=batch_size)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [(e.key, e.self_cpu_time_total / total) for e in events[:rows]]
+
+
 def table(results: dict[str, dict], args) -> str:
     lines = ["| model | placement | ideal IO (s) | " + " | ".join(f"{io} (s) | {io} / ideal (95 % CI)"
                                                             for io in args.io) + " | rounds |",
@@ -92,8 +112,15 @@ def main() -> None:
     parser.add_argument("--max-repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--update-readme", action="store_true", help="rewrite the io-overhead table in README.md")
+    parser.add_argument("--profile", nargs=2, metavar=("IO", "PLACEMENT"),
+                        help="print where one pass's time goes instead of timing (e.g. hwa-standard all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        for name in args.models:
+            for op, share in profile_shares(name, *args.profile, args.tokens, args.window, args.batch_size):
+                print(f"{name} {' '.join(args.profile)}: {op:<50} {100 * share:5.1f} %")
+        return
     results = {name: measure(name, args.io, args.placements, args.tokens, args.window, args.batch_size, args.ci,
                              args.min_repeats, args.max_repeats) for name in args.models}
     publish(table(results, args), args.update_readme, BEGIN, END)
