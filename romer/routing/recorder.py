@@ -149,34 +149,29 @@ class LogitSketch:
 
     def quantiles(self, percentiles: Sequence[float] = PERCENTILES) -> torch.Tensor:
         """``[columns, len(percentiles)]`` float64 estimates of torch.quantile(values, p/100, dim=0) (linear
-        interpolation between order statistics); NaN for a column without values."""
+        interpolation between order statistics); NaN for a column without values. Every column at once."""
         q = torch.tensor([float(p) / 100 for p in percentiles], dtype=torch.float64)
         if bool(((q < 0) | (q > 1)).any()):
             raise ValueError(f"percentiles must lie in 0 … 100, got {list(percentiles)}")
-        out = torch.full((self.columns, len(q)), math.nan, dtype=torch.float64)
         cum = self.hist.cumsum(1)
-        for c in range(self.columns):
-            n = int(self.count[c])
-            if n == 0:
-                continue
-            rank = q * (n - 1)  # 0-based fractional order statistic, interpolated linearly as torch.quantile does
-            below, above = torch.floor(rank).to(torch.int64), torch.ceil(rank).to(torch.int64)
-            frac = rank - below.double()
-            out[c] = (1 - frac) * self._order_statistic(c, cum[c], below) + frac * self._order_statistic(c, cum[c], above)
-        return out
+        rank = q[None, :] * (self.count[:, None] - 1).double()  # 0-based fractional order statistic, as torch.quantile
+        below, above = torch.floor(rank).to(torch.int64), torch.ceil(rank).to(torch.int64)
+        frac = rank - below.double()
+        out = (1 - frac) * self._order_statistics(cum, below) + frac * self._order_statistics(cum, above)
+        return torch.where((self.count > 0)[:, None], out, math.nan)
 
-    def _order_statistic(self, c: int, cum: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Estimate of the r-th smallest value (0-based) of column c: it lies in the first cell whose cumulative
-        count exceeds r; the cell's m values are taken as spread evenly, at (i + 0.5)/m of its width. The
-        smallest and largest are exact."""
+    def _order_statistics(self, cum: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Estimates ``[columns, k]`` of the r-th smallest values (0-based) of each column: the r-th lies in the
+        first cell whose cumulative count exceeds r; the cell's m values are taken as spread evenly, at
+        (i + 0.5)/m of its width. The smallest and largest are exact."""
         cell = torch.searchsorted(cum, r, right=True).clamp_max(self.bins - 1)
-        before = torch.where(cell > 0, cum[(cell - 1).clamp_min(0)], torch.zeros_like(cell))
-        inside = self.hist[c][cell].double().clamp_min(1)
-        width = math.ldexp(1.0, int(self.level[c]))
-        value = ((self.start[c] + cell).double() + ((r - before).double() + 0.5) / inside) * width
-        lo, hi = float(self.min[c]), float(self.max[c])  # the extremes are known exactly
-        value = torch.where(r <= 0, lo, torch.where(r >= self.count[c] - 1, hi, value))
-        return value.clamp(lo, hi)
+        before = torch.where(cell > 0, cum.gather(1, (cell - 1).clamp_min(0)), torch.zeros_like(cell))
+        inside = self.hist.gather(1, cell).double().clamp_min(1)
+        width = torch.ldexp(torch.ones(self.columns, dtype=torch.float64), self.level.to(torch.float64))[:, None]
+        value = ((self.start[:, None] + cell).double() + ((r - before).double() + 0.5) / inside) * width
+        lo, hi = self.min[:, None], self.max[:, None]  # the extremes are known exactly
+        value = torch.where(r <= 0, lo, torch.where(r >= self.count[:, None] - 1, hi, value))
+        return torch.minimum(torch.maximum(value, lo), hi)
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.hist, self.level, self.start, self.min, self.max,
