@@ -89,9 +89,10 @@ def windows_of(tokenizer, path: Path, count: int):
 def first_windows(tokenizer, text: str, count: int) -> torch.Tensor:
     """The first ``count`` BOS-prefixed windows of ``text`` (contiguous: what a monitor has seen after serving
     them), against ``windows_of``'s windows drawn across a whole split."""
+    from romer.eval import token_windows
+
     ids = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
-    step = WINDOW - 1
-    return torch.tensor([[tokenizer.bos_token_id] + ids[i * step:(i + 1) * step] for i in range(count)])
+    return torch.stack(token_windows(ids, WINDOW, tokenizer.bos_token_id)[:count])
 
 
 class Sketched:
@@ -157,13 +158,12 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
         served_first = Sketched(model, texts["stream-first-windows"], set(ONLINE_STEPS), lambda t: {fixed})
         sources = {s: Sketched(model, texts[f"train-{s}-windows"], {SOURCE_WINDOWS}, lambda t: {fixed})
                    for s in SOURCES}
-        offline = fixes(train.at[OFFLINE_WINDOWS][fixed], clean["train"][OFFLINE_WINDOWS][fixed], fixed)
+        offline = fixes(train.at[OFFLINE_WINDOWS][fixed], clean["train-reference"], fixed)
         test = texts["test"]
         out["test"] = {"noisy": score(test, None), "offline": score(test, offline)}
-        out["online"] = {str(n): score(test, fixes(online.at[n][fixed], clean["train"][OFFLINE_WINDOWS][fixed],
-                                                   fixed)) for n in ONLINE_STEPS}
-        out["online_contiguous"] = {str(n): score(test, fixes(served_first.at[n][fixed],
-                                                              clean["train"][OFFLINE_WINDOWS][fixed], fixed))
+        reference = clean["train-reference"]  # the clean percentiles of the 16 offline windows
+        out["online"] = {str(n): score(test, fixes(online.at[n][fixed], reference, fixed)) for n in ONLINE_STEPS}
+        out["online_contiguous"] = {str(n): score(test, fixes(served_first.at[n][fixed], reference, fixed))
                                     for n in ONLINE_STEPS}
         out["windows"] = {}
         for n in WINDOW_COUNTS:
@@ -180,7 +180,6 @@ def measure_chip(model, tokenizer, seed: int, texts: dict, clean: dict) -> dict:
         stream = texts["stream"]
         served = {}
         for name, start, every in (("noisy", [], 0), ("offline", offline, 0), ("monitor", [], 2 * WINDOW)):
-            reference = clean["train-reference"]
             with RoutingMonitor(model, reference, MonitorConfig(refit_every=every, bins=1024), start) as monitor:
                 result = serve_text(model, tokenizer, stream, monitor, window=WINDOW, step=1)
             served[name] = {"ppl": result.ppl, "steps": [math.exp(e.extra["nll"] / e.extra["scored"])
@@ -246,7 +245,7 @@ def run_measure(args) -> int:
 TIMES = {3600.0: "1 h", 86400.0: "1 day", 2592000.0: "30 days", 31536000.0: "1 year", 315360000.0: "10 years"}
 
 
-def per_chip(rows, store: str) -> dict:
+def per_chip(rows) -> dict:
     """(model, preset, t, method) → {chip seed: PPL} from a romer run store's rows."""
     out: dict = {}
     for r in rows:
@@ -279,8 +278,8 @@ REPAIRS = {"recalibration": "P1", "romer": "ROMER"}  # refitted at t; "<name> fi
 def fit_serve_summary() -> dict:
     """Fit once at 1 h vs refit at every t, per model, repair, preset and t (romer run in-service; router digital
     from in-service-router-digital)."""
-    cells = per_chip(store_rows("in-service"), "in-service")
-    digital = per_chip(store_rows("in-service-router-digital"), "in-service-router-digital")
+    cells = per_chip(store_rows("in-service"))
+    digital = per_chip(store_rows("in-service-router-digital"))
     out = []
     for (model, preset, t, method), ppl in sorted(cells.items()):
         if method not in REPAIRS:

@@ -78,8 +78,9 @@ def bound_table(paths: list[Path]) -> str:
 REPAIRS = ("recalibration", "recalibration fitted without IO", "romer", "maxnn-12.5%")
 
 
-def _by_seed(ppl: list[float], seeds: list[int]) -> dict[int, float]:
-    return dict(zip(seeds, ppl))
+def _by_seed(ppl: list[float], seeds: list[int], keep: set[int] | None = None) -> dict[int, float]:
+    """Chip seed → PPL, only the seeds in ``keep`` when given."""
+    return {s: p for s, p in zip(seeds, ppl) if keep is None or s in keep}
 
 
 def regime_table(cells: Path = Path("results/regime-map/cells.json"),
@@ -103,10 +104,8 @@ def regime_table(cells: Path = Path("results/regime-map/cells.json"),
             continue
         seeds = set(shared_seeds(_by_seed(cell["methods"]["noisy"]["ppl"], cell["methods"]["noisy"]["seeds"]),
                                  _by_seed(mine["noisy"]["ppl_per_chip"], mine["noisy"]["seeds"])))
-        ideal = {m: {s: p for s, p in _by_seed(v["ppl"], v["seeds"]).items() if s in seeds}
-                 for m, v in cell["methods"].items()}  # the chips both runs have, for every figure
-        on = {m: {s: p for s, p in _by_seed(r["ppl_per_chip"], r["seeds"]).items() if s in seeds}
-              for m, r in mine.items()}
+        ideal = {m: _by_seed(v["ppl"], v["seeds"], seeds) for m, v in cell["methods"].items()}  # the chips both
+        on = {m: _by_seed(r["ppl_per_chip"], r["seeds"], seeds) for m, r in mine.items()}     # runs have, everywhere
         added = cost(on["noisy"], ideal["noisy"])
         parts = []
         for method in REPAIRS:

@@ -13,7 +13,7 @@ from romer.eval.spec import EvalSpec
 from romer.models import load_model
 from romer.models.view import moe_layers
 from romer.noise.chip import Chip, program
-from romer.noise.io import AIHWKIT_DEFAULT, get_io
+from romer.noise.io import AIHWKIT_DEFAULT, get_io, weight_scales
 from romer.studies.noisy import noisy_perplexity
 
 IO_STUDY_SPEC = EvalSpec(split="validation", max_tokens=4096)
@@ -120,20 +120,22 @@ def io_bound(name: str, placements: tuple[str, ...] = ("router", "experts"), pcm
     model, tokenizer = load_model(name)
     text = spec.text(tokenizer)
     ios = {"ideal": get_io("ideal"), **bound_variants()}
+
+    def chip(scale: float, placement: str, io) -> Chip:
+        if not scale:
+            return Chip.from_options("gaussian", placement=placement, io=io, eta=0.0)
+        return Chip.from_options("pcm", placement=placement, io=io, prog_noise_scale=scale, read_noise_scale=scale,
+                                 t_inference=86400.0)
+
     out = []
     for scale in pcm_scales:
         for placement in placements:
-            cell = {"pcm_scale": scale, "placement": placement, "ppl_per_chip": {}}
-            for label, io in ios.items():
-                chip = (Chip.from_options("gaussian", placement=placement, io=io, eta=0.0) if not scale else
-                        Chip.from_options("pcm", placement=placement, io=io, prog_noise_scale=scale,
-                                          read_noise_scale=scale, t_inference=86400.0))
-                cell["ppl_per_chip"][label] = noisy_perplexity(model, tokenizer, text, chip, chips,
-                                                               window=spec.window)["ppl_per_chip"]
+            cell = {"pcm_scale": scale, "placement": placement,
+                    "ppl_per_chip": {label: noisy_perplexity(model, tokenizer, text, chip(scale, placement, io), chips,
+                                                             window=spec.window)["ppl_per_chip"]
+                                     for label, io in ios.items()}}
             if scale:
-                cell["column_scale_ratio"] = column_scale_ratio(model, Chip.from_options(
-                    "pcm", placement=placement, io=get_io("hwa-standard"), prog_noise_scale=scale,
-                    read_noise_scale=scale, t_inference=86400.0))
+                cell["column_scale_ratio"] = column_scale_ratio(model, chip(scale, placement, ios["hwa-standard"]))
             out.append(cell)
     return {"model": name, "text": spec.label, "chips": chips, "clean_ppl": spec.perplexity(model, tokenizer, text).ppl,
             "cells": out}
@@ -144,10 +146,12 @@ def column_scale_ratio(model: nn.Module, chip: Chip) -> float:
     """The median over the chip's analog weight columns of s_read / s_exact: the weight scale the IO path maps onto
     the array (``weight_scales``: per column or tile abs-max) of the read-back weights over that of the exact ones.
     Above 1, the same input gives smaller outputs in array units, so fewer reach the ADC's bound."""
-    from romer.noise.io import weight_scales
-
     weights = chip.analog_weights(model)
-    exact = [torch.cat([s.flatten() for s in weight_scales(w.parameter.detach(), chip.io)]) for w in weights]
+
+    def scales() -> torch.Tensor:
+        return torch.cat([s.flatten() for w in weights for s in weight_scales(w.parameter.detach(), chip.io)])
+
+    exact = scales()
     with program(model, chip):
-        read = [torch.cat([s.flatten() for s in weight_scales(w.parameter.detach(), chip.io)]) for w in weights]
-    return float(torch.cat([r / e.clamp_min(1e-12) for r, e in zip(read, exact)]).median())
+        read = scales()
+    return float((read / exact.clamp_min(1e-12)).median())
