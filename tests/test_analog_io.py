@@ -350,16 +350,6 @@ def test_a_plan_fitted_with_fit_io_is_the_plan_fitted_on_that_periphery():
         MethodConfig(name="x", kind="recalibrate", fit_io="loud")
 
 
-def test_fit_io_enters_the_config_hash_only_when_set():
-    from romer.experiment.config_file import load_config
-
-    base = ["models=[olmoe-tiny]", "chip.chips=1"]
-    plain = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate}]"]).config_hash
-    unset = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: null}]"]).config_hash
-    ideal = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_io: ideal}]"]).config_hash
-    assert plain == unset != ideal
-
-
 def test_column_scale_ratio_is_one_on_exact_weights_and_grows_with_noise():
     """The IO study's s_read / s_exact: exactly 1 when programming changes nothing (η = 0), above 1 when the
     read-back weights carry noise (their column abs-max grows), and the model is restored after."""

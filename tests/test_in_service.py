@@ -63,9 +63,12 @@ def test_a_fit_time_past_the_device_data_is_refused():
         MethodConfig(name="x", kind="recalibrate", fit_time=-1.0)
 
 
-def test_fit_time_enters_the_config_hash_only_when_set():
+@pytest.mark.parametrize("key, value", [("fit_time", "3600"), ("fit_io", "ideal")])
+def test_a_fit_option_enters_the_config_hash_only_when_set(key, value):
+    """fit_time (a plan fitted at another time) and fit_io (behind another periphery): configs without them hash
+    as before they existed, so existing stores stay valid."""
     base = ["models=[olmoe-tiny]", "chip.chips=1"]
     plain = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate}]"]).config_hash
-    unset = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_time: null}]"]).config_hash
-    early = load_config("default", [*base, "methods=[{name: p1, kind: recalibrate, fit_time: 3600}]"]).config_hash
-    assert plain == unset != early
+    unset = load_config("default", [*base, f"methods=[{{name: p1, kind: recalibrate, {key}: null}}]"]).config_hash
+    chosen = load_config("default", [*base, f"methods=[{{name: p1, kind: recalibrate, {key}: {value}}}]"]).config_hash
+    assert plain == unset != chosen
